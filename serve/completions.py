@@ -1,0 +1,224 @@
+"""The request path for /v1/chat/completions and /v1/completions: check -> route -> engine -> respond.
+
+Streaming waits for the engine's first step before sending headers, so a request the engine refuses (prompt
+too long, version not ready) still gets a proper 4xx/5xx status instead of a 200 with an error event.
+A client that goes away cancels the engine request: for streams Starlette cancels the body iterator, for
+non-streamed answers `_until_disconnect` races the generation against `http.disconnect`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from serve import openai_format as fmt
+from serve.engine import Engine, EngineBadRequest, EngineError, EngineNotReady, GenerationRequest, Step
+from serve.errors import APIError, error_sse
+from serve.gateway import Gateway
+from serve.logs import get_logger
+from serve.router import Route, UnknownModel
+from serve.schemas import ChatCompletionRequest, CompletionRequest
+
+log = get_logger(__name__)
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def _until_disconnect(request: Request, awaitable):
+    """Run `awaitable`; if the client disconnects first, cancel it (which aborts the engine request)."""
+    task = asyncio.ensure_future(awaitable)
+
+    async def watch():
+        while True:
+            if (await request.receive())["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except BaseException:
+        pass
+    raise ClientGone()
+
+
+def _check_limits(gw: Gateway, body: ChatCompletionRequest | CompletionRequest) -> None:
+    lim = gw.settings.limits
+    if body.n > lim.max_n:
+        raise APIError(400, f"n is {body.n}; this gateway allows at most {lim.max_n} choices per request",
+                       param="n", code="invalid_value")
+    stops = body.stop_list() or []
+    if len(stops) > lim.max_stop:
+        raise APIError(400, f"{len(stops)} stop sequences given; at most {lim.max_stop} are allowed",
+                       param="stop", code="invalid_value")
+    if isinstance(body, ChatCompletionRequest):
+        if len(body.messages) > lim.max_messages:
+            raise APIError(400, f"{len(body.messages)} messages given; at most {lim.max_messages} are allowed",
+                           param="messages", code="invalid_value")
+        if body.top_logprobs is not None and not body.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs", code="invalid_value")
+
+
+def _route(gw: Gateway, model: str, sticky_key: str | None) -> tuple[Route, Engine]:
+    try:
+        route = gw.router.route(model, sticky_key)
+    except UnknownModel:
+        names = ", ".join([gw.router.public_model, *gw.engines])
+        raise APIError(404, f"the model `{model}` does not exist; use one of: {names}", param="model",
+                       code="model_not_found") from None
+    engine = gw.engines[route.version]
+    if not engine.ready and model == gw.router.public_model:
+        stable = gw.engines[gw.router.stable]
+        if stable.ready:  # a routed request whose version is down goes to stable rather than failing
+            route, engine = Route(stable.name, route.sticky), stable
+    if not engine.ready:
+        retry = str(gw.settings.retry_after_s)
+        raise APIError(503, f"version `{engine.name}` is starting or unavailable; retry after {retry} s",
+                       type="service_unavailable", code="engine_not_ready", headers={"Retry-After": retry})
+    return route, engine
+
+
+def _generation_request(body: ChatCompletionRequest | CompletionRequest) -> GenerationRequest:
+    common = dict(
+        request_id=uuid.uuid4().hex,
+        temperature=body.temperature, top_p=body.top_p, n=body.n, stop=body.stop_list(), seed=body.seed,
+        presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty, user=body.user,
+    )
+    if isinstance(body, ChatCompletionRequest):
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        return GenerationRequest(kind="chat", messages=messages, max_tokens=body.effective_max_tokens(),
+                                 logprobs=logprobs, **common)
+    return GenerationRequest(kind="completion", prompt=body.prompt, max_tokens=body.max_tokens,
+                             logprobs=body.logprobs, echo=body.echo, **common)
+
+
+async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | CompletionRequest) -> Response:
+    t0 = time.perf_counter()
+    _check_limits(gw, body)
+    sticky = body.user or request.headers.get("x-session-id")
+    route, engine = _route(gw, body.model, sticky)
+    req = _generation_request(body)
+    vm = gw.metrics.version(engine.name)
+    endpoint = "chat" if req.kind == "chat" else "completions"
+    kind = req.kind
+    rid = fmt.new_id(kind)
+    extra = {"aligngate": {"version": engine.name,
+                           "routed_by": "explicit" if body.model != gw.router.public_model
+                           else ("sticky" if route.sticky else "weight")}}
+    headers = {"x-aligngate-version": engine.name, "x-request-id": rid}
+    model_name = body.model
+
+    vm.in_flight.inc()
+    agen = engine.generate(req)
+    finished_ok = False
+    status = "200"
+    try:
+        try:
+            first: Step = await _until_disconnect(request, agen.__anext__())
+        except StopAsyncIteration:
+            first = Step([], 0, 0, True)
+        vm.ttft.observe(time.perf_counter() - t0)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            stream = _stream(gw, engine.name, agen, first, t0, rid, model_name, body.n, extra, include_usage, kind)
+            finished_ok = True  # ownership of agen and the gauge passes to the stream
+            return StreamingResponse(stream, media_type="text/event-stream",
+                                     headers={**headers, "Cache-Control": "no-cache"})
+        result = await _until_disconnect(request, _collect(agen, first, body.n))
+        acc, step = result
+        if kind == "chat":
+            payload = acc.chat_body(rid, model_name, step.prompt_tokens, step.completion_tokens, extra)
+        else:
+            prefix = body.prompt if body.echo else ""
+            payload = acc.completion_body(rid, model_name, step.prompt_tokens, step.completion_tokens, extra, prefix)
+        vm.tokens.inc(step.completion_tokens)
+        vm.e2e.observe(time.perf_counter() - t0)
+        return JSONResponse(payload, headers=headers)
+    except ClientGone:
+        status = "499"
+        gw.metrics.errors.labels(engine.name, "client_disconnected").inc()
+        return Response(status_code=499)
+    except EngineBadRequest as e:
+        status = "400"
+        raise APIError(400, e.message, param=e.param, code=e.code or "invalid_value") from None
+    except EngineNotReady as e:
+        status = "503"
+        gw.metrics.errors.labels(engine.name, "engine_not_ready").inc()
+        retry = str(gw.settings.retry_after_s)
+        raise APIError(503, f"{e}; retry after {retry} s", type="service_unavailable", code="engine_not_ready",
+                       headers={"Retry-After": retry}) from None
+    except EngineError as e:
+        status = "502"
+        gw.metrics.errors.labels(engine.name, e.kind).inc()
+        log.warning("engine_error", version=engine.name, error=str(e))
+        raise APIError(502, f"the policy engine failed: {e}", type="server_error", code=e.kind) from None
+    finally:
+        if not finished_ok:
+            await agen.aclose()
+            vm.in_flight.dec()
+            gw.metrics.requests.labels(engine.name, endpoint, status).inc()
+
+
+async def _collect(agen: AsyncIterator[Step], first: Step, n: int):
+    acc = fmt.Accumulator(n)
+    step = first
+    for d in first.deltas:
+        acc.add(d)
+    async for step in agen:
+        for d in step.deltas:
+            acc.add(d)
+    return acc, step
+
+
+async def _stream(gw: Gateway, version: str, agen: AsyncIterator[Step], first: Step, t0: float, rid: str,
+                  model: str, n: int, extra: dict, include_usage: bool, kind: str) -> AsyncIterator[bytes]:
+    vm = gw.metrics.version(version)
+    chunker = fmt.ChatChunker(rid, model, n, extra) if kind == "chat" else fmt.CompletionChunker(rid, model, n, extra)
+    endpoint = "chat" if kind == "chat" else "completions"
+    status = "200"
+    step = first
+    last = time.perf_counter()
+    try:
+        for d in first.deltas:
+            yield chunker.chunk(d)
+        async for step in agen:
+            now = time.perf_counter()
+            vm.itl.observe(now - last)
+            last = now
+            for d in step.deltas:
+                yield chunker.chunk(d)
+        if include_usage:
+            yield chunker.usage_chunk(step.prompt_tokens, step.completion_tokens)
+        yield fmt.DONE
+        vm.tokens.inc(step.completion_tokens)
+        vm.e2e.observe(time.perf_counter() - t0)
+    except EngineError as e:  # headers are sent: report in-band, then end the stream cleanly
+        status = "502"
+        gw.metrics.errors.labels(version, e.kind).inc()
+        yield error_sse(f"the policy engine failed mid-stream: {e}", "server_error", e.kind)
+        yield fmt.DONE
+    except (asyncio.CancelledError, GeneratorExit):
+        status = "499"
+        gw.metrics.errors.labels(version, "client_disconnected").inc()
+        raise
+    finally:
+        await agen.aclose()
+        vm.in_flight.dec()
+        gw.metrics.requests.labels(version, endpoint, status).inc()

@@ -1,0 +1,106 @@
+"""The one small interface every policy version sits behind, and the plain data that crosses it.
+
+Two implementations: `serve.engine_vllm.VLLMEngine` (in-process `AsyncLLM`, the embedded default) and
+`serve.engine_remote.RemoteEngine` (an OpenAI-compatible vLLM server by URL, the scale-out path).
+The HTTP layer turns `Step`s into OpenAI JSON; engines never see HTTP.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+class EngineError(Exception):
+    """The engine failed on a request that was valid (dead engine, upstream 5xx, ...): a 5xx for the client."""
+
+    kind = "engine_error"
+
+
+class EngineNotReady(EngineError):
+    kind = "engine_not_ready"
+
+
+class EngineBadRequest(Exception):
+    """The engine refused the request as invalid (prompt too long for the context, ...): a 400 for the client."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    request_id: str
+    kind: Literal["chat", "completion"]
+    messages: list[dict] | None = None  # chat: [{"role", "content": str}]
+    prompt: str | None = None  # completion
+    max_tokens: int | None = None  # None = up to the context length
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int = 1
+    stop: list[str] | None = None
+    seed: int | None = None
+    logprobs: int | None = None  # None = off; k >= 0 = chosen token plus k alternatives
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    user: str | None = None
+    echo: bool = False  # completions only
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Delta:
+    """New output of one choice since the previous step."""
+
+    index: int
+    text: str
+    num_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class Step:
+    deltas: list[Delta]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # cumulative over all choices
+    finished: bool = False
+
+
+class Engine(abc.ABC):
+    """A policy version's generator. `start` may take a while; `ready` says when requests can go in."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.ready = False
+        self.start_error: BaseException | None = None
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    def generate(self, req: GenerationRequest) -> AsyncIterator[Step]:
+        """Stream steps until one with `finished=True`. Cancelling the iteration aborts the request."""
+
+    @abc.abstractmethod
+    async def probe(self, timeout_s: float) -> None:
+        """One real one-token generation; raises on failure (used by /ready)."""
+
+    def unfinished(self) -> int | None:
+        """Sequences the engine still holds (in-process only; None when not observable)."""
+        return None
+
+    def describe(self) -> dict:
+        return {"name": self.name, "ready": self.ready, "kind": type(self).__name__}

@@ -1,0 +1,164 @@
+"""In-process engine: one vLLM `AsyncLLM` (continuous batching, engine core in its own process) per version.
+
+The gateway renders the chat template and counts prompt tokens itself, so it can refuse an over-long prompt
+with a clear 400 before anything is queued, and hands vLLM token ids (no second tokenisation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+
+from serve.config import VersionSpec
+from serve.engine import (
+    Delta,
+    Engine,
+    EngineBadRequest,
+    EngineError,
+    EngineNotReady,
+    GenerationRequest,
+    Step,
+    TokenLogprob,
+)
+from serve.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class VLLMEngine(Engine):
+    def __init__(self, spec: VersionSpec):
+        super().__init__(spec.name)
+        self.spec = spec
+        self.llm = None
+        self.tokenizer = None
+        self.max_model_len = spec.max_model_len
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        spec = self.spec
+        # Read by the engine-core process when it is spawned; each engine gets its own KV budget.
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(spec.kv_cache_gib)
+        args = AsyncEngineArgs(
+            model=spec.model,
+            dtype=spec.dtype,
+            max_model_len=spec.max_model_len,
+            max_num_seqs=spec.max_num_seqs,
+            enforce_eager=spec.enforce_eager,
+            disable_log_stats=True,
+            enable_prefix_caching=True,
+        )
+        log.info("engine_starting", version=self.name, model=spec.model)
+        # Building the engine blocks for ~20 s (it spawns and waits for the engine core): keep the event loop
+        # free meanwhile so /health answers and requests get a 503 instead of hanging.
+        self.llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        self.tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, spec.model)
+        self.max_model_len = self.llm.model_config.max_model_len
+        self.ready = True
+        log.info("engine_ready", version=self.name, max_model_len=self.max_model_len)
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self.llm is not None:
+            llm, self.llm = self.llm, None
+            await asyncio.to_thread(llm.shutdown)
+
+    # --- requests ----------------------------------------------------------------------------------------
+    def _prompt_ids(self, req: GenerationRequest) -> list[int]:
+        tok = self.tokenizer
+        if req.kind == "chat":
+            text = tok.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False)
+            return tok.encode(text, add_special_tokens=False)
+        return tok.encode(req.prompt or "", add_special_tokens=True)
+
+    def _sampling_params(self, req: GenerationRequest, prompt_len: int):
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        room = self.max_model_len - prompt_len
+        if room < 1:
+            raise EngineBadRequest(
+                f"the prompt has {prompt_len} tokens and this model's context is {self.max_model_len} tokens; "
+                "shorten the messages",
+                param="messages" if req.kind == "chat" else "prompt",
+                code="context_length_exceeded",
+            )
+        if req.max_tokens is not None and req.max_tokens > room:
+            raise EngineBadRequest(
+                f"max_tokens is {req.max_tokens} but only {room} tokens fit: the prompt has {prompt_len} tokens "
+                f"and the context is {self.max_model_len}; lower max_tokens or shorten the prompt",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        return SamplingParams(
+            n=req.n,
+            max_tokens=req.max_tokens if req.max_tokens is not None else room,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0,
+            stop=req.stop or None,
+            seed=req.seed,
+            logprobs=req.logprobs,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    async def generate(self, req: GenerationRequest) -> AsyncIterator[Step]:
+        from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if not self.ready or self.llm is None:
+            raise EngineNotReady(f"version {self.name!r} is not ready")
+        ids = self._prompt_ids(req)
+        params = self._sampling_params(req, len(ids))
+        completion_tokens = 0
+        stream = self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, req.request_id)
+        try:
+            async for out in stream:
+                deltas = []
+                for o in out.outputs:
+                    n_new = len(o.token_ids)
+                    completion_tokens += n_new
+                    lps = _logprobs(o.token_ids, o.logprobs, req.logprobs) if req.logprobs is not None else None
+                    deltas.append(Delta(o.index, o.text, n_new, lps, o.finish_reason))
+                yield Step(deltas, len(ids), completion_tokens, out.finished)
+        except EngineDeadError as e:
+            self.ready = False
+            raise EngineError(f"version {self.name!r}: engine died: {e}") from e
+        except ValueError as e:  # vLLM's request validation
+            raise EngineBadRequest(str(e)) from e
+        finally:
+            # Closing vLLM's generator early (client gone, consumer stopped) aborts the sequence in the engine.
+            await stream.aclose()
+
+    def unfinished(self) -> int | None:
+        return self.llm.output_processor.get_num_unfinished_requests() if self.llm is not None else None
+
+    async def probe(self, timeout_s: float) -> None:
+        req = GenerationRequest(request_id=f"probe-{self.name}-{os.urandom(4).hex()}", kind="completion",
+                                prompt="ok", max_tokens=1, temperature=0.0)
+
+        async def one() -> None:
+            async for _ in self.generate(req):
+                pass
+
+        await asyncio.wait_for(one(), timeout_s)
+
+
+def _logprobs(token_ids, logprobs, k: int) -> list[TokenLogprob]:
+    """vLLM's per-position {token_id: Logprob} dicts -> the chosen token and its alternatives, best first."""
+    result = []
+    for tid, pos in zip(token_ids, logprobs or []):
+        chosen = pos.get(tid)
+        top = sorted(pos.values(), key=lambda lp: lp.rank if lp.rank is not None else 1 << 30)
+        result.append(
+            TokenLogprob(
+                token=(chosen.decoded_token or "") if chosen else "",
+                logprob=float(chosen.logprob) if chosen else float("-inf"),
+                top=[(lp.decoded_token or "", float(lp.logprob)) for lp in top[:k]],
+            )
+        )
+    return result

@@ -1,0 +1,152 @@
+"""Engine `Step`s -> OpenAI response bodies and SSE chunks (chat and legacy completions).
+
+Hand-built dicts rather than pydantic models: this runs once per streamed chunk, and on 2 cores the per-chunk
+cost of the proxy is what separates a lean gateway from a slow one (DESIGN.md: LiteLLM's p99 in front of vLLM).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from serve.engine import Delta, TokenLogprob
+
+DONE = b"data: [DONE]\n\n"
+# ASCII-only JSON: U+2028, U+0085 and friends stay escaped, so no line-splitting SSE client can mis-frame an event.
+_dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode
+
+
+def new_id(kind: str) -> str:
+    return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
+
+
+def sse(obj: dict) -> bytes:
+    return b"data: " + _dumps(obj).encode() + b"\n\n"
+
+
+def _finite(x: float) -> float:
+    return x if x > -1e30 else -9999.0  # OpenAI clients expect a number; -inf is not JSON
+
+
+def chat_logprobs(lps: list[TokenLogprob]) -> dict:
+    return {
+        "content": [
+            {
+                "token": t.token,
+                "logprob": _finite(t.logprob),
+                "bytes": list(t.token.encode()),
+                "top_logprobs": [{"token": s, "logprob": _finite(v), "bytes": list(s.encode())} for s, v in t.top],
+            }
+            for t in lps
+        ]
+    }
+
+
+def completion_logprobs(lps: list[TokenLogprob], offset: int) -> dict:
+    tokens, values, tops, offsets = [], [], [], []
+    for t in lps:
+        tokens.append(t.token)
+        values.append(_finite(t.logprob))
+        tops.append({s: _finite(v) for s, v in t.top})
+        offsets.append(offset)
+        offset += len(t.token)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+class Accumulator:
+    """Collects a whole non-streamed answer from deltas."""
+
+    def __init__(self, n: int):
+        self.text = [[] for _ in range(n)]
+        self.logprobs: list[list[TokenLogprob] | None] = [None] * n
+        self.finish: list[str | None] = [None] * n
+
+    def add(self, d: Delta) -> None:
+        self.text[d.index].append(d.text)
+        if d.logprobs is not None:
+            self.logprobs[d.index] = (self.logprobs[d.index] or []) + d.logprobs
+        if d.finish_reason:
+            self.finish[d.index] = d.finish_reason
+
+    def chat_body(self, rid: str, model: str, prompt_tokens: int, completion_tokens: int, extra: dict) -> dict:
+        choices = []
+        for i, parts in enumerate(self.text):
+            lp = self.logprobs[i]
+            choices.append({
+                "index": i,
+                "message": {"role": "assistant", "content": "".join(parts)},
+                "logprobs": chat_logprobs(lp) if lp is not None else None,
+                "finish_reason": self.finish[i] or "stop",
+            })
+        return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+                "choices": choices, "usage": usage(prompt_tokens, completion_tokens), **extra}
+
+    def completion_body(self, rid: str, model: str, prompt_tokens: int, completion_tokens: int, extra: dict,
+                        prefix: str = "") -> dict:
+        choices = []
+        for i, parts in enumerate(self.text):
+            lp = self.logprobs[i]
+            choices.append({
+                "index": i,
+                "text": prefix + "".join(parts),
+                "logprobs": completion_logprobs(lp, len(prefix)) if lp is not None else None,
+                "finish_reason": self.finish[i] or "stop",
+            })
+        return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+                "choices": choices, "usage": usage(prompt_tokens, completion_tokens), **extra}
+
+
+class ChatChunker:
+    """SSE chunks for a streamed chat completion (role first, then content deltas, then finish)."""
+
+    def __init__(self, rid: str, model: str, n: int, extra: dict):
+        self.head = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+        self.extra = extra
+        self.started = [False] * n
+
+    def chunk(self, d: Delta) -> bytes:
+        delta: dict = {}
+        if not self.started[d.index]:
+            self.started[d.index] = True
+            delta["role"] = "assistant"
+        if d.text or not delta:
+            delta["content"] = d.text
+        choice = {"index": d.index, "delta": delta,
+                  "logprobs": chat_logprobs(d.logprobs) if d.logprobs is not None else None,
+                  "finish_reason": d.finish_reason}
+        body = {**self.head, "choices": [choice]}
+        if self.extra:
+            body.update(self.extra)
+            self.extra = {}
+        return sse(body)
+
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        return sse({**self.head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+
+
+class CompletionChunker:
+    def __init__(self, rid: str, model: str, n: int, extra: dict):
+        self.head = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model}
+        self.extra = extra
+        self.offsets = [0] * n
+
+    def chunk(self, d: Delta) -> bytes:
+        lp = None
+        if d.logprobs is not None:
+            lp = completion_logprobs(d.logprobs, self.offsets[d.index])
+        self.offsets[d.index] += len(d.text)
+        body = {**self.head, "choices": [{"index": d.index, "text": d.text, "logprobs": lp,
+                                          "finish_reason": d.finish_reason}]}
+        if self.extra:
+            body.update(self.extra)
+            self.extra = {}
+        return sse(body)
+
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        return sse({**self.head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})

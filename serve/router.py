@@ -1,0 +1,79 @@
+"""Which version answers a request.
+
+A request naming a version goes there. A request naming the public model is routed by weight: with a sticky
+key (the `user` field, else the `x-session-id` header) the key is hashed to one of 10,000 buckets — the same
+bucket on every replica and after restarts — and each version owns a fixed range of buckets; without a key,
+a random bucket. Ranges are laid out from bucket 0 in a fixed order with the stable (first) version taking
+the remainder at the top, so raising a canary's weight only moves users from stable to the canary, never
+back and forth (monotone reassignment).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+BUCKETS = 10_000
+
+
+def bucket_of(key: str) -> int:
+    """Deterministic bucket in [0, BUCKETS) for a sticky key (blake2b: stable across processes, unlike hash())."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Route:
+    version: str
+    sticky: bool
+
+
+class Router:
+    def __init__(self, public_model: str, versions: list[str], weights: dict[str, float]):
+        if not versions:
+            raise ValueError("at least one version is needed")
+        self.public_model = public_model
+        self.order = list(versions)  # order[0] is the stable version: it takes the remainder
+        self._ranges: list[tuple[int, str]] = []
+        self.set_weights(weights)
+
+    @property
+    def stable(self) -> str:
+        return self.order[0]
+
+    def set_weights(self, weights: dict[str, float]) -> None:
+        unknown = set(weights) - set(self.order)
+        if unknown:
+            raise UnknownModel(f"unknown version(s): {sorted(unknown)}")
+        total = sum(max(0.0, weights.get(v, 0.0)) for v in self.order)
+        if total <= 0:
+            raise ValueError("weights must not all be zero")
+        self.weights = {v: max(0.0, weights.get(v, 0.0)) / total for v in self.order}
+        # Non-stable versions own [lo, hi) ranges from bucket 0 upward; stable owns everything above.
+        ranges, lo = [], 0
+        for v in self.order[1:]:
+            hi = min(BUCKETS, lo + round(self.weights[v] * BUCKETS))
+            ranges.append((hi, v))
+            lo = hi
+        ranges.append((BUCKETS, self.stable))
+        self._ranges = ranges
+
+    def version_for_bucket(self, b: int) -> str:
+        for hi, v in self._ranges:
+            if b < hi:
+                return v
+        return self.stable
+
+    def route(self, model: str, sticky_key: str | None = None) -> Route:
+        if model != self.public_model:
+            if model in self.weights:
+                return Route(model, False)
+            raise UnknownModel(model)
+        if sticky_key:
+            return Route(self.version_for_bucket(bucket_of(sticky_key)), True)
+        return Route(self.version_for_bucket(random.randrange(BUCKETS)), False)

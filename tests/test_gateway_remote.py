@@ -1,0 +1,84 @@
+"""The remote engine: the gateway in front of a real `python -m vllm.entrypoints.openai.api_server`."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import openai
+import pytest
+
+
+@pytest.fixture(scope="module")
+def client(remote_gateway):
+    return openai.OpenAI(base_url=remote_gateway + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+MSG = [{"role": "user", "content": "5+5="}]
+
+
+def test_remote_non_stream_and_stream(client):
+    raw = client.chat.completions.with_raw_response.create(model="aligngate", messages=MSG, max_tokens=6,
+                                                          logprobs=True, top_logprobs=1)
+    r = raw.parse()
+    assert raw.headers["x-aligngate-version"] == "remote"
+    assert r.model == "aligngate" and r.usage.completion_tokens >= 1
+    assert len(r.choices[0].logprobs.content) == r.usage.completion_tokens
+    chunks = list(client.chat.completions.create(model="remote", messages=MSG, max_tokens=6, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[0].model_extra["aligngate"]["version"] == "remote"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+
+
+def test_remote_matches_upstream_greedy(client, vllm_server):
+    """Same greedy answer through the gateway as straight from vLLM: streaming is forwarded faithfully."""
+    direct = openai.OpenAI(base_url=vllm_server + "/v1", api_key="x", max_retries=0)
+    want = direct.chat.completions.create(model="upstream-policy", messages=MSG, max_tokens=20,
+                                          temperature=0).choices[0].message.content
+    got = client.chat.completions.create(model="aligngate", messages=MSG, max_tokens=20, temperature=0)
+    assert got.choices[0].message.content == want
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="aligngate", messages=MSG, max_tokens=20, temperature=0, stream=True) if c.choices)
+    assert streamed == want
+
+
+def test_remote_completions_and_n(client):
+    r = client.completions.create(model="aligngate", prompt="1+1=", max_tokens=4, n=2, logprobs=1)
+    assert sorted(c.index for c in r.choices) == [0, 1]
+    assert all(len(c.logprobs.tokens) >= 1 for c in r.choices)
+
+
+def test_remote_upstream_4xx_becomes_a_clear_400(remote_gateway):
+    r = httpx.post(remote_gateway + "/v1/chat/completions", timeout=30,
+                   json={"model": "aligngate", "messages": [{"role": "user", "content": "x" * 600}]})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+
+
+def _vllm_metric(url: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        m = re.match(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", line)
+        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def test_remote_disconnect_aborts_upstream(remote_gateway, vllm_server):
+    """Dropping the client stream closes the upstream connection and vLLM stops decoding that sequence:
+    it generates far fewer than the 480 tokens it would have (greedy on this model never stops early)."""
+    before = _vllm_metric(vllm_server, "vllm:generation_tokens_total")
+    body = {"model": "aligngate", "messages": [{"role": "user", "content": "go"}], "max_tokens": 480,
+            "temperature": 0, "stream": True}
+    with httpx.stream("POST", remote_gateway + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        next(r.iter_raw())
+    deadline = time.monotonic() + 10
+    time.sleep(0.5)
+    while _vllm_metric(vllm_server, "vllm:num_requests_running") > 0:
+        assert time.monotonic() < deadline, "upstream kept the request running"
+        time.sleep(0.1)
+    generated = _vllm_metric(vllm_server, "vllm:generation_tokens_total") - before
+    assert 1 <= generated < 0.8 * 480, generated
