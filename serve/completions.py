@@ -99,6 +99,7 @@ def _generation_request(body: ChatCompletionRequest | CompletionRequest) -> Gene
         request_id=uuid.uuid4().hex,
         temperature=body.temperature, top_p=body.top_p, n=body.n, stop=body.stop_list(), seed=body.seed,
         presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty, user=body.user,
+        ignore_eos=body.ignore_eos, min_tokens=body.min_tokens, repetition_penalty=body.repetition_penalty,
     )
     if isinstance(body, ChatCompletionRequest):
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]

@@ -48,6 +48,9 @@ class GenerationRequest:
     frequency_penalty: float | None = None
     user: str | None = None
     echo: bool = False  # completions only
+    ignore_eos: bool = False
+    min_tokens: int | None = None
+    repetition_penalty: float | None = None
 
 
 @dataclass(slots=True)

@@ -82,7 +82,10 @@ class RemoteEngine(Engine):
                 body["logprobs"] = req.logprobs
             if req.echo:
                 body["echo"] = True
-        for key in ("max_tokens", "temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "user"):
+        if req.ignore_eos:
+            body["ignore_eos"] = True
+        for key in ("max_tokens", "temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty",
+                    "user", "min_tokens", "repetition_penalty"):
             value = getattr(req, key)
             if value is not None:
                 body[key] = value

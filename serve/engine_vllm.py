@@ -103,6 +103,9 @@ class VLLMEngine(Engine):
             stop=req.stop or None,
             seed=req.seed,
             logprobs=req.logprobs,
+            ignore_eos=req.ignore_eos,
+            min_tokens=req.min_tokens or 0,
+            repetition_penalty=req.repetition_penalty or 1.0,
             output_kind=RequestOutputKind.DELTA,
         )
 

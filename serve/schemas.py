@@ -52,6 +52,10 @@ class _Common(BaseModel):
     user: str | None = Field(None, max_length=256)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # vLLM extensions, honoured because `vllm bench serve` and vLLM users send them
+    ignore_eos: bool = False
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
 
     @field_validator("stop")
     @classmethod
