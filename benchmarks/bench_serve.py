@@ -1,4 +1,10 @@
-"""aligngate vs vLLM's own OpenAI server: same tiny model, same load, alternated in one run.
+"""Side-by-side serving runs, alternated in one run, load from vLLM's own `vllm bench serve`.
+
+Scenarios (`--scenario`):
+  vs-vllm  aligngate (in-process engine) vs vLLM's own OpenAI server, same tiny model and engine settings.
+  reward   aligngate with the in-pass reward (value head fused into the logits step) vs the same weights with no
+           value head (reward off) vs the "second pass" alternative (reward read by one more engine step over
+           prompt + response, `reward_position=eos`).
 
 Load comes from vLLM's own `vllm bench serve` (random dataset, Poisson arrivals, fixed seed, --ignore-eos so
 every request produces exactly the asked output length on both systems). For each request rate the systems
@@ -15,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -88,36 +95,78 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rates = [r["rate"] for r in result["rates"]]
+    systems = list(result["rates"][0]["runs"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    styles = ["o-", "s--", "^:", "d-."]
     for ax, metric in zip(axes, ("e2el", "ttft")):
-        for system, style in (("aligngate", "o-"), ("vllm", "s--")):
+        for system, style in zip(systems, styles):
             for q, alpha in (("p50", 0.5), ("p99", 1.0)):
                 ys = [statistics.median(run[f"{q}_{metric}_ms"] for run in r["runs"][system]) for r in result["rates"]]
                 ax.plot(rates, ys, style, alpha=alpha, label=f"{system} {q}")
         ax.set_xlabel("request rate (req/s)")
         ax.set_ylabel(f"{metric.upper()} (ms)")
-        ax.set_title(f"{metric.upper()}: aligngate vs vLLM server (median of runs)")
+        ax.set_title(f"{metric.upper()} (median over rounds)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{result['load']} — {result['machine']['cpu']} ({result['machine']['cores']} cores)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{result['scenario']}: {result['load']}\n{result['machine']['cpu']} "
+                 f"({result['machine']['cores']} cores)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
+def without_value_head(model: str, work: Path) -> str:
+    """The same weights with no value head: what "reward off" serves."""
+    dst = work / "model-no-value-head"
+    if not dst.exists():
+        shutil.copytree(model, dst, ignore=shutil.ignore_patterns("value_head"))
+        cfg = json.loads((dst / "config.json").read_text())
+        cfg.pop("aligngate", None)
+        (dst / "config.json").write_text(json.dumps(cfg, indent=2))
+    return str(dst)
+
+
+def start_systems(scenario: str, model: str, work: Path) -> tuple[dict[str, str], list, str]:
+    """name -> base URL, the processes, and the baseline system's name. All serve the public model `policy`."""
+    procs, systems = [], {}
+
+    def gateway(name: str, model_dir: str, **env: str) -> None:
+        versions = [{"name": "stable", "model": model_dir, "weight": 1, "max_num_seqs": 128}]
+        proc, url = start_aligngate(name, work, env={"ALIGNGATE_VERSIONS": json.dumps(versions),
+                                                     "ALIGNGATE_PUBLIC_MODEL": "policy",
+                                                     "ALIGNGATE_CACHE_DIR": str(work / name), **env})
+        procs.append(proc)
+        systems[name] = url
+
+    if scenario == "vs-vllm":
+        proc, url = start_vllm_server("vllm", work, model, "policy", "--max-num-seqs", "128")
+        procs.append(proc)
+        systems["vllm"] = url
+        gateway("aligngate", model)
+        return systems, procs, "vllm"
+    if scenario == "reward":
+        gateway("reward-off", without_value_head(model, work))
+        gateway("reward-on", model)
+        gateway("second-pass", model, ALIGNGATE_REWARD_POSITION="eos")
+        return systems, procs, "reward-off"
+    raise SystemExit(f"unknown scenario {scenario!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenario", choices=["vs-vllm", "reward"], default="vs-vllm")
     ap.add_argument("--rates", type=float, nargs="+", default=[20.0, 40.0])
     ap.add_argument("--num-prompts", type=int, default=200)
-    ap.add_argument("--pairs", type=int, default=3, help="A/B pairs per rate (order alternates)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per rate; the order of systems rotates")
     ap.add_argument("--input-len", type=int, default=64)
     ap.add_argument("--output-len", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", help="HF model dir (default: the embedded default stable policy)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_vs_vllm.json")
-    ap.add_argument("--smoke", action="store_true", help="tiny run for tests: one rate, 8 prompts, one pair")
+    ap.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/<scenario>.json)")
+    ap.add_argument("--smoke", action="store_true", help="tiny run for tests: one rate, 8 prompts, one round")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.rates, args.num_prompts, args.pairs = [10.0], 8, 1
+        args.rates, args.num_prompts, args.rounds = [10.0], 8, 1
+    out = args.out or ROOT / "benchmarks" / "results" / f"serve_{args.scenario.replace('-', '_')}.json"
 
     if args.model is None:
         from serve.config import Settings
@@ -126,53 +175,59 @@ def main(argv: list[str] | None = None) -> int:
         args.model = next(v.model for v in ensure_default_models(Settings().cache_dir) if v.name == "stable")
     work = Path(tempfile.mkdtemp(prefix="aligngate-bench-"))
     facts = machine_facts()
-    # Both systems get the same engine settings: one engine, fp32, 512 context, eager, 128 sequences.
-    vllm_proc, vllm_url = start_vllm_server("vllm", work, args.model, "policy", "--max-num-seqs", "128")
-    versions = [{"name": "stable", "model": args.model, "weight": 1, "max_num_seqs": 128}]
-    ag_proc, ag_url = start_aligngate("aligngate", work, env={"ALIGNGATE_VERSIONS": json.dumps(versions),
-                                                               "ALIGNGATE_PUBLIC_MODEL": "policy"})
-    systems = {"aligngate": ag_url, "vllm": vllm_url}
-    result = {"benchmark": "serve_vs_vllm", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    systems, procs, baseline = start_systems(args.scenario, args.model, work)
+    names = list(systems)
+    result = {"benchmark": "serve", "scenario": args.scenario, "baseline": baseline,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "command": "python benchmarks/bench_serve.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "load": f"vllm bench serve, random {args.input_len}-in/{args.output_len}-out, ignore_eos, "
                       f"{args.num_prompts} prompts, Poisson, seed {args.seed}",
               "machine": facts, "model": args.model, "rates": []}
     try:
-        # warm both (first requests pay one-off costs)
-        for name, url in systems.items():
+        for name, url in systems.items():  # warm every system (first requests pay one-off costs)
             run_load(url, "policy", args.model, 10.0, 16, args.seed + 1, args.input_len, args.output_len, work,
                      f"warm-{name}")
         for rate in args.rates:
-            runs = {"aligngate": [], "vllm": []}
-            ratios = {m: [] for m in ("p99_e2el_ms", "p50_e2el_ms", "p99_ttft_ms", "p99_itl_ms")}
-            for pair in range(args.pairs):
-                order = ["aligngate", "vllm"] if pair % 2 == 0 else ["vllm", "aligngate"]
+            runs: dict[str, list] = {n: [] for n in names}
+            ratios: dict[str, dict[str, list]] = {n: {m: [] for m in ("p99_e2el_ms", "p50_e2el_ms", "p99_ttft_ms",
+                                                                      "p99_tpot_ms", "p99_itl_ms")}
+                                                  for n in names if n != baseline}
+            for rnd in range(args.rounds):
+                order = names[rnd % len(names):] + names[: rnd % len(names)]  # rotate: A B, B A, ...
+                if rnd % 2:
+                    order = order[::-1]
                 got = {}
                 for name in order:
                     r = run_load(systems[name], "policy", args.model, rate, args.num_prompts, args.seed,
-                                 args.input_len, args.output_len, work, f"{name}-{rate}-{pair}")
+                                 args.input_len, args.output_len, work, f"{name}-{rate}-{rnd}")
                     got[name] = summarise(r)
                     runs[name].append(got[name])
-                    print(f"rate {rate} pair {pair} {name}: p99 e2el {got[name]['p99_e2el_ms']:.1f} ms, "
-                          f"p99 ttft {got[name]['p99_ttft_ms']:.1f} ms, failed {got[name]['failed']}", flush=True)
-                for m in ratios:
-                    ratios[m].append(got["aligngate"][m] / got["vllm"][m])
-            result["rates"].append({
-                "rate": rate, "runs": runs,
-                "ratio_aligngate_over_vllm": {m: {"median": statistics.median(v), "pairs": v} for m, v in ratios.items()},
-            })
+                    print(f"rate {rate} round {rnd} {name}: p99 e2el {got[name]['p99_e2el_ms']:.1f} ms, "
+                          f"p99 ttft {got[name]['p99_ttft_ms']:.1f} ms, p99 tpot {got[name]['p99_tpot_ms']:.2f} ms, "
+                          f"failed {got[name]['failed']}", flush=True)
+                for n, per_metric in ratios.items():
+                    for m in per_metric:
+                        per_metric[m].append(got[n][m] / got[baseline][m] if got[baseline][m] else None)
+            entry = {"rate": rate, "runs": runs, f"ratio_over_{baseline}": {
+                n: {m: {"median": statistics.median([x for x in v if x is not None] or [float("nan")]), "rounds": v}
+                    for m, v in per_metric.items()} for n, per_metric in ratios.items()}}
+            for n in ratios:  # absolute p99 differences, median over rounds (the reward target is in ms)
+                entry.setdefault("p99_e2el_ms_minus_baseline", {})[n] = statistics.median(
+                    a["p99_e2el_ms"] - b["p99_e2el_ms"] for a, b in zip(runs[n], runs[baseline]))
+            result["rates"].append(entry)
     finally:
-        ag_proc.stop()
-        vllm_proc.stop()
+        for p in procs:
+            p.stop()
     result["machine"]["loadavg_at_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    plot(result, args.out.with_suffix(".png"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    plot(result, out.with_suffix(".png"))
     for r in result["rates"]:
-        rr = r["ratio_aligngate_over_vllm"]
-        print(f"rate {r['rate']}: p99 E2EL ratio {rr['p99_e2el_ms']['median']:.3f}, "
-              f"p99 TTFT ratio {rr['p99_ttft_ms']['median']:.3f}, p99 ITL ratio {rr['p99_itl_ms']['median']:.3f}")
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+        for n, rr in r[f"ratio_over_{baseline}"].items():
+            print(f"rate {r['rate']}: {n}/{baseline} p99 E2EL {rr['p99_e2el_ms']['median']:.3f}, "
+                  f"p99 TTFT {rr['p99_ttft_ms']['median']:.3f}, p99 TPOT {rr['p99_tpot_ms']['median']:.3f}, "
+                  f"p99 ITL {rr['p99_itl_ms']['median']:.3f}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 
 

@@ -4,7 +4,9 @@ Semantics follow TRL's `ValueHead`: a `Linear(hidden, 1)` with bias applied to t
 (the same tensor the LM head sees), dropout off at serving. OpenRLHF's layout (`score.weight`, no bias) loads
 into the same module with a zero bias.
 
-On disk a value head is `value_head.safetensors` next to the policy's HF files, with the TRL keys
+On disk a value head is `value_head/value_head.safetensors` inside the policy's HF directory — in a subdirectory
+because vLLM loads every top-level `*.safetensors` as model weights, and a plain `vllm serve` of an exported
+version must keep working — with the TRL keys
 `v_head.summary.weight` [1, H] and `v_head.summary.bias` [1]; the OpenRLHF key `score.weight` [1, H] is
 accepted on load. The model's `config.json` names it under `"aligngate": {"value_head": ...}` (see
 `VALUE_HEAD_FILE` and `value_head_config`).
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-VALUE_HEAD_FILE = "value_head.safetensors"
+VALUE_HEAD_FILE = "value_head/value_head.safetensors"
 TRL_WEIGHT, TRL_BIAS = "v_head.summary.weight", "v_head.summary.bias"
 OPENRLHF_WEIGHT = "score.weight"
 
@@ -47,6 +49,7 @@ def save_value_head(head: ValueHead, model_dir: str | Path) -> Path:
 
     d = Path(model_dir)
     path = d / VALUE_HEAD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_file(head.state_dict_trl(), str(path))
     cfg_path = d / "config.json"
     if cfg_path.exists():

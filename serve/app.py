@@ -12,7 +12,9 @@ from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
 from serve import completions, errors
+from serve.admin import build_admin_router
 from serve.config import Settings, VersionSpec
+from serve.feedback import FeedbackAck, FeedbackRequest, InvalidFeedback, UnknownResponse
 from serve.gateway import Gateway
 from serve.guard import BodyGuard
 from serve.schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse
@@ -33,6 +35,7 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
                   description="OpenAI-compatible gateway for RLHF-tuned policies: one engine per policy version.")
     app.state.gateway = gw
     errors.install(app)
+    app.include_router(build_admin_router(gw, settings))
 
     @app.post("/v1/chat/completions", responses=ERRORS, tags=["inference"])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
@@ -42,6 +45,19 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
     async def text_completions(body: CompletionRequest, request: Request):
         return await completions.handle(gw, request, body)
 
+    @app.post("/v1/feedback", responses=ERRORS, tags=["inference"], response_model=FeedbackAck)
+    async def feedback(body: FeedbackRequest):
+        """A rating of one answer (`response_id` = the completion's `id`), or a preference between two answers to
+        the same prompt. Stored with provenance in the format the training module reads as preference data."""
+        try:
+            return await gw.quality.feedback.add(body)
+        except UnknownResponse:
+            raise errors.APIError(404, "unknown response id: send the `id` of a recent completion from this "
+                                       "gateway (the response log keeps the last 50,000 for 24 h)",
+                                  type="not_found_error", param="response_id", code="response_not_found") from None
+        except InvalidFeedback as e:
+            raise errors.APIError(400, str(e), code="invalid_feedback") from None
+
     @app.get("/v1/models", tags=["inference"])
     async def models():
         data = [{"id": settings.public_model, "object": "model", "owned_by": "aligngate", "created": 0,
@@ -50,7 +66,7 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
             spec = gw.specs[name]
             data.append({"id": name, "object": "model", "owned_by": "aligngate", "created": 0,
                          "root": spec.model or spec.url, "parent": settings.public_model,
-                         "aligngate": {"kind": "version", "weight": gw.router.weights[name], "ready": engine.ready}})
+                         "aligngate": {"kind": "version", "weight": gw.router.weights.get(name, 0.0), "ready": engine.ready}})
         return {"object": "list", "data": data}
 
     @app.get("/health", tags=["ops"])

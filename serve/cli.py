@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cache-dir", help="default: $XDG_CACHE_HOME/aligngate or ~/.cache/aligngate")
     b.set_defaults(func=_build_default)
 
+    from serve.admin_cli import add_subcommands
+
+    add_subcommands(sub)  # canary ..., versions ...
+
     t = sub.add_parser("train", help="offline RLHF stages (see `aligngate train --help`)", add_help=False)
     t.add_argument("rest", nargs=argparse.REMAINDER)
     t.set_defaults(func=lambda a: _train(a.rest))

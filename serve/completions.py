@@ -12,15 +12,18 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from serve import openai_format as fmt
+from serve import reward as reward_stage
 from serve.engine import Engine, EngineBadRequest, EngineError, EngineNotReady, GenerationRequest, Step
 from serve.errors import APIError, error_sse
 from serve.gateway import Gateway
 from serve.logs import get_logger
+from serve.reward import Reward, RewardTracker
 from serve.router import Route, UnknownModel
 from serve.schemas import ChatCompletionRequest, CompletionRequest
 
@@ -110,116 +113,183 @@ def _generation_request(body: ChatCompletionRequest | CompletionRequest) -> Gene
                              logprobs=body.logprobs, echo=body.echo, **common)
 
 
+@dataclass(eq=False)
+class Call:
+    """One request's state as it flows through the path (route -> engine -> reward -> monitor)."""
+
+    gw: Gateway
+    engine: Engine
+    kind: str
+    rid: str
+    model: str
+    n: int
+    extra: dict
+    t0: float
+    prompt_text: str
+    client_logprobs: bool
+    tracker: RewardTracker
+    include_usage: bool = False
+    ttft: float | None = None
+    status: str = "200"
+
+    @property
+    def endpoint(self) -> str:
+        return "chat" if self.kind == "chat" else "completions"
+
+    def done(self) -> None:
+        """Metrics and stats of a request that has ended, however it ended (exactly once per request)."""
+        name = self.engine.name
+        self.gw.metrics.version(name).in_flight.dec()
+        self.gw.metrics.requests.labels(name, self.endpoint, self.status).inc()
+        e2e = time.perf_counter() - self.t0
+        if self.status == "200":
+            self.gw.metrics.version(name).e2e.observe(e2e)
+        self.gw.stats.record(name, self.ttft, e2e if self.status == "200" else None, self.status)
+
+    async def rewards(self, prompt_ids: list[int] | None) -> list[Reward | None]:
+        """The reward stage, then the monitor stage, for a finished answer."""
+        gw = self.gw
+        rewards = await reward_stage.rewards(self.engine, self.tracker, prompt_ids, gw.settings.reward_position,
+                                             self.client_logprobs, gw.quality.cache, self.prompt_text)
+        for i, r in enumerate(rewards):
+            c = self.tracker.choices[i]
+            rid = self.rid if i == 0 else f"{self.rid}-{i}"
+            gw.quality.observe(self.engine.name, rid, self.prompt_text, self.tracker.response_text(i),
+                               r.score if r else None, self.tracker.mean_entropy(i), c.entropy_n or None)
+            if r is not None:
+                gw.stats.record_reward(self.engine.name, r.score)  # the canary gate's reward input
+        return rewards
+
+
+def _prompt_text(body: ChatCompletionRequest | CompletionRequest) -> str:
+    if isinstance(body, ChatCompletionRequest):
+        return "\n".join(f"{m.role}: {m.text()}" for m in body.messages)
+    return body.prompt
+
+
+def _reward_extra(call: Call, rewards: list[Reward | None]) -> dict:
+    out: dict = {"reward": rewards[0].as_dict() if rewards and rewards[0] else None}
+    if len(rewards) > 1:
+        out["rewards"] = [r.as_dict() if r else None for r in rewards]
+    if call.tracker.keep_values:
+        out["traces"] = call.tracker.traces()
+    return out
+
+
 async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | CompletionRequest) -> Response:
     t0 = time.perf_counter()
     _check_limits(gw, body)
     sticky = body.user or request.headers.get("x-session-id")
     route, engine = _route(gw, body.model, sticky)
     req = _generation_request(body)
-    vm = gw.metrics.version(engine.name)
-    endpoint = "chat" if req.kind == "chat" else "completions"
-    kind = req.kind
-    rid = fmt.new_id(kind)
-    extra = {"aligngate": {"version": engine.name,
-                           "routed_by": "explicit" if body.model != gw.router.public_model
-                           else ("sticky" if route.sticky else "weight")}}
+    rid = fmt.new_id(req.kind)
+    routed_by = "explicit" if body.model != gw.router.public_model else ("sticky" if route.sticky else "weight")
+    client_logprobs = req.logprobs is not None
+    keep_tokens = reward_stage.needs_finalize(engine, gw.settings.reward_position, client_logprobs)
+    call = Call(gw, engine, req.kind, rid, body.model, body.n, {"aligngate": {"version": engine.name,
+                "routed_by": routed_by}}, t0, _prompt_text(body), client_logprobs,
+                RewardTracker(body.n, keep_tokens, body.return_values))
     headers = {"x-aligngate-version": engine.name, "x-request-id": rid}
-    model_name = body.model
 
+    vm = gw.metrics.version(engine.name)
     vm.in_flight.inc()
     agen = engine.generate(req)
-    finished_ok = False
-    status = "200"
+    handed_over = False
     try:
         try:
             first: Step = await _until_disconnect(request, agen.__anext__())
         except StopAsyncIteration:
             first = Step([], 0, 0, True)
-        vm.ttft.observe(time.perf_counter() - t0)
+        call.ttft = time.perf_counter() - t0
+        vm.ttft.observe(call.ttft)
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            stream = _stream(gw, engine.name, agen, first, t0, rid, model_name, body.n, extra, include_usage, kind)
-            finished_ok = True  # ownership of agen and the gauge passes to the stream
-            return StreamingResponse(stream, media_type="text/event-stream",
+            call.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            handed_over = True  # the stream now owns agen and the call's bookkeeping
+            return StreamingResponse(_stream(call, agen, first), media_type="text/event-stream",
                                      headers={**headers, "Cache-Control": "no-cache"})
-        result = await _until_disconnect(request, _collect(agen, first, body.n))
-        acc, step = result
-        if kind == "chat":
-            payload = acc.chat_body(rid, model_name, step.prompt_tokens, step.completion_tokens, extra)
+        acc, step = await _until_disconnect(request, _collect(call, agen, first))
+        rewards = await call.rewards(step.prompt_token_ids)
+        extra = {"aligngate": {**call.extra["aligngate"], **_reward_extra(call, rewards)}}
+        if call.kind == "chat":
+            payload = acc.chat_body(rid, body.model, step.prompt_tokens, step.completion_tokens, extra)
         else:
             prefix = body.prompt if body.echo else ""
-            payload = acc.completion_body(rid, model_name, step.prompt_tokens, step.completion_tokens, extra, prefix)
+            payload = acc.completion_body(rid, body.model, step.prompt_tokens, step.completion_tokens, extra, prefix)
         vm.tokens.inc(step.completion_tokens)
-        vm.e2e.observe(time.perf_counter() - t0)
         return JSONResponse(payload, headers=headers)
     except ClientGone:
-        status = "499"
+        call.status = "499"
         gw.metrics.errors.labels(engine.name, "client_disconnected").inc()
         return Response(status_code=499)
     except EngineBadRequest as e:
-        status = "400"
+        call.status = "400"
         raise APIError(400, e.message, param=e.param, code=e.code or "invalid_value") from None
     except EngineNotReady as e:
-        status = "503"
+        call.status = "503"
         gw.metrics.errors.labels(engine.name, "engine_not_ready").inc()
         retry = str(gw.settings.retry_after_s)
         raise APIError(503, f"{e}; retry after {retry} s", type="service_unavailable", code="engine_not_ready",
                        headers={"Retry-After": retry}) from None
     except EngineError as e:
-        status = "502"
+        call.status = "502"
         gw.metrics.errors.labels(engine.name, e.kind).inc()
         log.warning("engine_error", version=engine.name, error=str(e))
         raise APIError(502, f"the policy engine failed: {e}", type="server_error", code=e.kind) from None
     finally:
-        if not finished_ok:
+        if not handed_over:
             await agen.aclose()
-            vm.in_flight.dec()
-            gw.metrics.requests.labels(engine.name, endpoint, status).inc()
+            call.done()
 
 
-async def _collect(agen: AsyncIterator[Step], first: Step, n: int):
-    acc = fmt.Accumulator(n)
+async def _collect(call: Call, agen: AsyncIterator[Step], first: Step):
+    acc = fmt.Accumulator(call.n)
+    track = call.tracker.add
     step = first
     for d in first.deltas:
         acc.add(d)
+        track(d)
     async for step in agen:
         for d in step.deltas:
             acc.add(d)
+            track(d)
     return acc, step
 
 
-async def _stream(gw: Gateway, version: str, agen: AsyncIterator[Step], first: Step, t0: float, rid: str,
-                  model: str, n: int, extra: dict, include_usage: bool, kind: str) -> AsyncIterator[bytes]:
+async def _stream(call: Call, agen: AsyncIterator[Step], first: Step) -> AsyncIterator[bytes]:
+    gw, version = call.gw, call.engine.name
     vm = gw.metrics.version(version)
-    chunker = fmt.ChatChunker(rid, model, n, extra) if kind == "chat" else fmt.CompletionChunker(rid, model, n, extra)
-    endpoint = "chat" if kind == "chat" else "completions"
-    status = "200"
+    chunker = (fmt.ChatChunker if call.kind == "chat" else fmt.CompletionChunker)(call.rid, call.model, call.n,
+                                                                                 call.extra)
+    track = call.tracker.add
     step = first
     last = time.perf_counter()
     try:
         for d in first.deltas:
+            track(d)
             yield chunker.chunk(d)
         async for step in agen:
             now = time.perf_counter()
             vm.itl.observe(now - last)
             last = now
             for d in step.deltas:
+                track(d)
                 yield chunker.chunk(d)
-        if include_usage:
+        if call.include_usage:
             yield chunker.usage_chunk(step.prompt_tokens, step.completion_tokens)
-        yield fmt.DONE
         vm.tokens.inc(step.completion_tokens)
-        vm.e2e.observe(time.perf_counter() - t0)
+        # the reward rides in one extra chunk after the last token: it never delays the first token
+        rewards = await call.rewards(step.prompt_token_ids)
+        yield chunker.extra_chunk({"aligngate": {"version": version, **_reward_extra(call, rewards)}})
+        yield fmt.DONE
     except EngineError as e:  # headers are sent: report in-band, then end the stream cleanly
-        status = "502"
+        call.status = "502"
         gw.metrics.errors.labels(version, e.kind).inc()
         yield error_sse(f"the policy engine failed mid-stream: {e}", "server_error", e.kind)
         yield fmt.DONE
     except (asyncio.CancelledError, GeneratorExit):
-        status = "499"
+        call.status = "499"
         gw.metrics.errors.labels(version, "client_disconnected").inc()
         raise
     finally:
         await agen.aclose()
-        vm.in_flight.dec()
-        gw.metrics.requests.labels(version, endpoint, status).inc()
+        call.done()

@@ -51,6 +51,27 @@ class Limits(BaseModel):
     max_top_logprobs: int = 20
 
 
+class CanarySettings(BaseModel):
+    """Rollout plan defaults and gate thresholds (see serve/canary.py for what each gate means)."""
+
+    stages: list[float] = Field(default_factory=lambda: [0.01, 0.1, 0.5, 1.0], description="canary share per stage")
+    min_requests: int = Field(200, ge=0, description="canary requests a stage needs before it can pass")
+    min_duration_s: float = Field(300.0, ge=0, description="seconds a stage lasts at least")
+    auto_advance: bool = True
+    tick_s: float = Field(0.5, gt=0, description="controller period: store sync and gate evaluation")
+    window_s: float = Field(600.0, gt=0, description="the gate looks at most this far back")
+    latency_ratio: float = 1.2
+    latency_slack_s: float = Field(0.01, ge=0, description="absolute allowance added to the latency limits")
+    error_margin: float = 0.01
+    gate_alpha: float = Field(0.05, description="level of the one-sided error-rate and p99 tests at a stage end")
+    reward_alpha: float = 0.05
+    reward_alpha_early: float = 0.001
+    reward_margin: float = 0.02
+    reward_min_samples: int = 10
+    breach_min_requests: int = Field(10, ge=1, description="canary requests before an early rollback can fire")
+    drain_timeout_s: float = 30.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ALIGNGATE_", env_nested_delimiter="__", extra="ignore")
 
@@ -64,9 +85,25 @@ class Settings(BaseSettings):
     retry_after_s: int = 5
     remote_timeout_s: float = 300.0
     remote_connect_timeout_s: float = 5.0
+    reward_position: Literal["last", "eos"] = Field(
+        "last", description="last: in-pass value at the final generated position (free); eos: OpenRLHF-style "
+                            "value at the EOS position (one extra 1-token step)")
+    hard_constraint_phrases: list[str] = Field(default_factory=lambda: ["I love you"],
+                                               description="an answer containing one goes to the review queue")
+    review_path: Path | None = Field(None, description="review queue JSONL (default cache_dir/review.jsonl; "
+                                                       "a Redis list when redis_url is set)")
+    feedback_dir: Path | None = Field(None, description="feedback JSONL directory (default cache_dir/feedback)")
+    audit_model_dir: Path | None = Field(None, description="audit reward model (training's RM export); none = off")
+    audit_fraction: float = Field(0.1, ge=0.0, le=1.0, description="share of answers the audit model scores")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True
     config: Path | None = Field(None, description="YAML config file (also ALIGNGATE_CONFIG)")
+    admin_key: str | None = Field(None, description="key for /admin/ (none: one is generated into cache_dir/admin_key)")
+    admin_keys: dict[str, str] = Field(default_factory=dict, description="more admin keys: {key id: key}")
+    redis_url: str | None = Field(None, description="control-plane store shared by replicas (default: in memory)")
+    redis_prefix: str = "aligngate"
+    canary: CanarySettings = Field(default_factory=CanarySettings)
+    allow_fault_injection: bool = Field(False, description="test only: enables POST /admin/versions/{v}/fault")
 
     @classmethod
     def settings_customise_sources(

@@ -48,6 +48,7 @@ class GenerationRequest:
     frequency_penalty: float | None = None
     user: str | None = None
     echo: bool = False  # completions only
+    with_values: bool = True  # read the in-pass value/entropy when the version has a value head
     ignore_eos: bool = False
     min_tokens: int | None = None
     repetition_penalty: float | None = None
@@ -69,6 +70,9 @@ class Delta:
     num_tokens: int = 0
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
+    token_ids: list[int] | None = None
+    values: list[float] | None = None  # in-pass value per new token: V(prompt + response before that token)
+    entropies: list[float] | None = None  # entropy of the served distribution per new token
 
 
 @dataclass(slots=True)
@@ -77,6 +81,7 @@ class Step:
     prompt_tokens: int = 0
     completion_tokens: int = 0  # cumulative over all choices
     finished: bool = False
+    prompt_token_ids: list[int] | None = None  # on the final step, for a reward finalize step
 
 
 class Engine(abc.ABC):
@@ -100,6 +105,13 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def probe(self, timeout_s: float) -> None:
         """One real one-token generation; raises on failure (used by /ready)."""
+
+    has_value_head: bool = False
+
+    async def score(self, prompt_token_ids: list[int], response_token_ids: list[int]) -> tuple[float, float | None] | None:
+        """Value (and entropy) at the position after prompt + response: one extra 1-token step (cheap with prefix
+        caching), OpenRLHF's "reward at EOS" when the response ends with EOS. None when not available."""
+        return None
 
     def unfinished(self) -> int | None:
         """Sequences the engine still holds (in-process only; None when not observable)."""

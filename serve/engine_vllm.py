@@ -7,7 +7,9 @@ with a clear 400 before anything is queued, and hands vLLM token ids (no second 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+from pathlib import Path
 from collections.abc import AsyncIterator
 
 from serve.config import VersionSpec
@@ -33,6 +35,7 @@ class VLLMEngine(Engine):
         self.llm = None
         self.tokenizer = None
         self.max_model_len = spec.max_model_len
+        self.slots = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -40,7 +43,19 @@ class VLLMEngine(Engine):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from serve.value_slots import read_value_slots
+
         spec = self.spec
+        self.slots = await asyncio.to_thread(read_value_slots, spec.model)
+        overrides = None
+        if self.slots is not None:
+            arch = (json.loads((Path(spec.model) / "config.json").read_text()).get("architectures") or [""])[0]
+            if arch == "LlamaForCausalLM":  # the value-head class registered by serve.vllm_plugin
+                overrides = {"architectures": ["LlamaForCausalLMWithValueHead"]}
+            else:
+                log.warning("value_head_unsupported_architecture", version=self.name, architecture=arch)
+                self.slots = None
+        self.has_value_head = self.slots is not None
         # Read by the engine-core process when it is spawned; each engine gets its own KV budget.
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(spec.kv_cache_gib)
         args = AsyncEngineArgs(
@@ -51,8 +66,9 @@ class VLLMEngine(Engine):
             enforce_eager=spec.enforce_eager,
             disable_log_stats=True,
             enable_prefix_caching=True,
+            **({"hf_overrides": overrides} if overrides else {}),
         )
-        log.info("engine_starting", version=self.name, model=spec.model)
+        log.info("engine_starting", version=self.name, model=spec.model, value_head=self.has_value_head)
         # Building the engine blocks for ~20 s (it spawns and waits for the engine core): keep the event loop
         # free meanwhile so /health answers and requests get a 503 instead of hanging.
         self.llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
@@ -74,6 +90,18 @@ class VLLMEngine(Engine):
             text = tok.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False)
             return tok.encode(text, add_special_tokens=False)
         return tok.encode(req.prompt or "", add_special_tokens=True)
+
+    def _value_params(self, req: GenerationRequest) -> dict:
+        """Ask vLLM for the reserved slots' log-probabilities (unless the client wants logprobs: vLLM returns one
+        or the other, and the client's wins; the reward then comes from a finalize step) and keep the slots out
+        of sampling (they are at -1000 already; the bias is belt and braces)."""
+        s = self.slots
+        if s is None:
+            return {}
+        out: dict = {"logit_bias": {i: -100.0 for i in s.ids()}}
+        if req.with_values and req.logprobs is None:
+            out["logprob_token_ids"] = s.ids()
+        return out
 
     def _sampling_params(self, req: GenerationRequest, prompt_len: int):
         from vllm.sampling_params import RequestOutputKind, SamplingParams
@@ -107,6 +135,7 @@ class VLLMEngine(Engine):
             min_tokens=req.min_tokens or 0,
             repetition_penalty=req.repetition_penalty or 1.0,
             output_kind=RequestOutputKind.DELTA,
+            **self._value_params(req),
         )
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[Step]:
@@ -118,6 +147,8 @@ class VLLMEngine(Engine):
         ids = self._prompt_ids(req)
         params = self._sampling_params(req, len(ids))
         completion_tokens = 0
+        read_values = params.logprob_token_ids is not None
+        s = self.slots
         stream = self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, req.request_id)
         try:
             async for out in stream:
@@ -125,9 +156,15 @@ class VLLMEngine(Engine):
                 for o in out.outputs:
                     n_new = len(o.token_ids)
                     completion_tokens += n_new
-                    lps = _logprobs(o.token_ids, o.logprobs, req.logprobs) if req.logprobs is not None else None
-                    deltas.append(Delta(o.index, o.text, n_new, lps, o.finish_reason))
-                yield Step(deltas, len(ids), completion_tokens, out.finished)
+                    d = Delta(o.index, o.text, n_new, None, o.finish_reason, list(o.token_ids))
+                    if req.logprobs is not None:
+                        d.logprobs = _logprobs(o.token_ids, o.logprobs, req.logprobs)
+                    elif read_values and o.logprobs:
+                        d.values = [p[s.a].logprob - p[s.b].logprob for p in o.logprobs]
+                        if s.c is not None:
+                            d.entropies = [p[s.c].logprob - p[s.b].logprob for p in o.logprobs]
+                    deltas.append(d)
+                yield Step(deltas, len(ids), completion_tokens, out.finished, ids if out.finished else None)
         except EngineDeadError as e:
             self.ready = False
             raise EngineError(f"version {self.name!r}: engine died: {e}") from e
@@ -136,6 +173,22 @@ class VLLMEngine(Engine):
         finally:
             # Closing vLLM's generator early (client gone, consumer stopped) aborts the sequence in the engine.
             await stream.aclose()
+
+    async def score(self, prompt_token_ids: list[int], response_token_ids: list[int]) -> tuple[float, float | None] | None:
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        s = self.slots
+        ids = list(prompt_token_ids) + list(response_token_ids)
+        if s is None or self.llm is None or len(ids) + 1 > self.max_model_len:
+            return None
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=s.ids(),
+                                logit_bias={i: -100.0 for i in s.ids()}, output_kind=RequestOutputKind.FINAL_ONLY)
+        rid = f"score-{os.urandom(6).hex()}"
+        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, rid):
+            p = out.outputs[0].logprobs[0]
+            return p[s.a].logprob - p[s.b].logprob, (p[s.c].logprob - p[s.b].logprob if s.c is not None else None)
+        return None
 
     def unfinished(self) -> int | None:
         return self.llm.output_processor.get_num_unfinished_requests() if self.llm is not None else None

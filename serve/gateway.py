@@ -15,7 +15,9 @@ from serve.engine_remote import RemoteEngine
 from serve.engine_vllm import VLLMEngine
 from serve.logs import get_logger
 from serve.metrics import Metrics
+from serve.quality import Quality
 from serve.router import Router
+from serve.stats import Stats
 
 log = get_logger(__name__)
 
@@ -34,13 +36,61 @@ class Gateway:
         self.router = Router(settings.public_model, [v.name for v in versions],
                              {v.name: v.weight for v in versions})
         self.metrics = Metrics()
+        self.quality = Quality(settings, self.metrics.registry, self.router.stable)
+        self.stats = Stats()  # per-version outcome windows: the canary gate's inputs
+        self.alarm_sources: list = [self.quality.monitor]  # serve.canary.AlarmSource
+        self.controller = None  # serve.canary.CanaryController, made in start()
         self._starter: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
+        from serve.canary import CanaryController
+        from serve.store import make_store
+
         self._starter = asyncio.create_task(self._start_all())
+        await self.quality.start()
+        for name in self.engines:
+            self.quality.watch_version(name)
+        store = make_store(self.settings.redis_url, self.settings.redis_prefix)
+        self.controller = CanaryController(self, store, self.settings.canary)
+        await self.controller.start()
+
+    def add_version(self, spec: VersionSpec) -> None:
+        """A version registered at runtime: routable at once (weight 0), its engine starts in the background."""
+        engine = make_engine(spec, self.settings)
+        self.specs[spec.name] = spec
+        self.engines[spec.name] = engine
+        self.quality.watch_version(spec.name)
+        task = asyncio.create_task(self._start_one(engine))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start_one(self, engine: Engine) -> None:
+        try:
+            await engine.start()
+        except Exception as e:
+            engine.start_error = e
+            log.error("engine_start_failed", version=engine.name, error=repr(e))
+
+    async def remove_version(self, name: str, drain_timeout_s: float = 30.0) -> None:
+        """Drain and unload: stop routing to it, wait for its in-flight requests (bounded), stop its engine."""
+        if name in self.router.order:
+            self.router.remove_version(name)
+        gauge = self.metrics.version(name).in_flight
+        deadline = asyncio.get_running_loop().time() + drain_timeout_s
+        while gauge._value.get() > 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        engine = self.engines.pop(name, None)
+        self.specs.pop(name, None)
+        if engine is not None:
+            try:
+                await engine.stop()
+            except Exception as e:
+                log.warning("engine_stop_failed", version=name, error=repr(e))
+        log.info("version_unloaded", version=name)
 
     async def _start_all(self) -> None:
-        for engine in self.engines.values():
+        for engine in list(self.engines.values()):
             try:
                 await engine.start()
             except Exception as e:  # keep the others serving; /ready reports this one
@@ -59,9 +109,12 @@ class Gateway:
         await asyncio.wait_for(all_ready(), timeout_s)
 
     async def stop(self) -> None:
+        if self.controller is not None:
+            await self.controller.stop()
         if self._starter and not self._starter.done():
             self._starter.cancel()
-        for engine in self.engines.values():
+        await self.quality.close()
+        for engine in list(self.engines.values()):
             try:
                 await engine.stop()
             except Exception as e:

@@ -129,8 +129,12 @@ class ChatChunker:
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> bytes:
         return sse({**self.head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
 
+    def extra_chunk(self, fields: dict) -> bytes:
+        """A chunk with no choices carrying gateway fields (the reward, just before [DONE])."""
+        return sse({**self.head, "choices": [], **fields})
 
-class CompletionChunker:
+
+class CompletionChunker(ChatChunker):
     def __init__(self, rid: str, model: str, n: int, extra: dict):
         self.head = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model}
         self.extra = extra
@@ -147,6 +151,3 @@ class CompletionChunker:
             body.update(self.extra)
             self.extra = {}
         return sse(body)
-
-    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> bytes:
-        return sse({**self.head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})

@@ -63,6 +63,30 @@ class Router:
         ranges.append((BUCKETS, self.stable))
         self._ranges = ranges
 
+    def add_version(self, name: str) -> None:
+        """A version registered at runtime: appended last with weight 0, so no existing range moves."""
+        if name not in self.order:
+            self.order.append(name)
+            self.set_weights({**self.weights, name: 0.0})
+
+    def remove_version(self, name: str) -> None:
+        """Stop routing to `name` (weighted and explicit); its share, if any, goes to the stable version."""
+        if name == self.stable:
+            raise ValueError(f"{name!r} is the stable version; promote another version first")
+        if name in self.order:
+            weights = {v: w for v, w in self.weights.items() if v != name}
+            self.order.remove(name)
+            self.set_weights(weights if sum(weights.values()) > 0 else {self.stable: 1.0})
+
+    def set_stable(self, name: str) -> None:
+        """Make `name` the version that takes the remainder. With its weight at 1 (a finished promotion) no
+        user moves; the former stable keeps its place among the others."""
+        if name not in self.order:
+            raise UnknownModel(name)
+        self.order.remove(name)
+        self.order.insert(0, name)
+        self.set_weights(self.weights)
+
     def version_for_bucket(self, b: int) -> str:
         for hi, v in self._ranges:
             if b < hi:

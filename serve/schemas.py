@@ -52,6 +52,8 @@ class _Common(BaseModel):
     user: str | None = Field(None, max_length=256)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # aligngate extension: per-token in-pass values and token ids in the `aligngate` object (RL rollouts, debugging)
+    return_values: bool = False
     # vLLM extensions, honoured because `vllm bench serve` and vLLM users send them
     ignore_eos: bool = False
     min_tokens: Annotated[int, Field(ge=0)] | None = None

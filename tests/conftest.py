@@ -5,6 +5,7 @@ vLLM OpenAI server on loopback, and a factory for more gateways. Engines start o
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ def cache_dir(session_dir) -> Path:
     """The embedded default models, built once per session exactly as `aligngate serve` builds them."""
     from serve.default_models import ensure_default_models
 
+    # fewer SFT steps than a user's first start: the tests need the format and a value head, not a good policy
+    os.environ.setdefault("ALIGNGATE_DEFAULT_SFT_STEPS", "30")
     d = session_dir / "cache"
     ensure_default_models(d)
     return d

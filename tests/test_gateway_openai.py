@@ -46,7 +46,10 @@ def test_stream_chat_with_usage(client):
     assert chunks[0].model_extra["aligngate"]["version"] == "stable"
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert len(finishes) == 1
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 1
+    usage = [c for c in chunks if c.usage is not None]
+    assert len(usage) == 1 and usage[0].choices == [] and usage[0].usage.completion_tokens >= 1
+    # the reward rides in one extra chunk after the usage, just before [DONE]
+    assert chunks[-1].choices == [] and chunks[-1].model_extra["aligngate"]["reward"]["source"] == "value_head"
 
 
 def test_stream_ends_with_done(gateway):
@@ -65,7 +68,8 @@ def test_explicit_version_and_system_message(client):
         model="canary", max_tokens=4,
         messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
     assert raw.headers["x-aligngate-version"] == "canary"
-    assert raw.parse().model_extra["aligngate"] == {"version": "canary", "routed_by": "explicit"}
+    ag = raw.parse().model_extra["aligngate"]
+    assert (ag["version"], ag["routed_by"], ag["reward"]["model_version"]) == ("canary", "explicit", "canary")
 
 
 def test_sampling_parameters(client):
@@ -157,12 +161,12 @@ def test_health_and_ready(gateway):
 
 def test_client_disconnect_aborts_engine_request(gateway):
     """A stream dropped after its first chunk frees the engine's sequence long before it could have finished."""
-    body = {"model": "stable", "messages": [{"role": "user", "content": "go"}], "max_tokens": 480,
+    body = {"model": "stable", "messages": [{"role": "user", "content": "go"}], "max_tokens": 480, "ignore_eos": True,
             "temperature": 0, "stream": True}
     t = time.perf_counter()
     full = httpx.post(gateway + "/v1/chat/completions", json={**body, "stream": False}, timeout=120).json()
     full_s = time.perf_counter() - t
-    assert full["choices"][0]["finish_reason"] == "length"  # greedy on this model never stops early
+    assert full["choices"][0]["finish_reason"] == "length"  # ignore_eos: always the full 480 tokens
     before = _metric(gateway, "aligngate_requests_total", version="stable", status="499")
 
     t0 = time.perf_counter()
@@ -184,7 +188,7 @@ def test_client_disconnect_aborts_engine_request(gateway):
 
 def test_non_stream_disconnect_aborts(gateway):
     """A non-streamed request whose client gives up is cancelled (499), not finished (200)."""
-    body = {"model": "stable", "messages": [{"role": "user", "content": "go"}], "max_tokens": 480, "temperature": 0}
+    body = {"model": "stable", "messages": [{"role": "user", "content": "go"}], "max_tokens": 480, "ignore_eos": True, "temperature": 0}
     ok_before = _metric(gateway, "aligngate_requests_total", version="stable", status="200")
     gone_before = _metric(gateway, "aligngate_requests_total", version="stable", status="499")
     with pytest.raises(httpx.ReadTimeout):

@@ -28,7 +28,9 @@ def test_remote_non_stream_and_stream(client):
     chunks = list(client.chat.completions.create(model="remote", messages=MSG, max_tokens=6, stream=True,
                                                  stream_options={"include_usage": True}))
     assert chunks[0].model_extra["aligngate"]["version"] == "remote"
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+    usage = [c for c in chunks if c.usage is not None]
+    assert len(usage) == 1 and usage[0].usage.completion_tokens >= 1
+    assert chunks[-1].model_extra["aligngate"]["reward"] is None  # no in-pass value through a remote server yet
 
 
 def test_remote_matches_upstream_greedy(client, vllm_server):
@@ -68,9 +70,9 @@ def _vllm_metric(url: str, name: str, **labels) -> float:
 
 def test_remote_disconnect_aborts_upstream(remote_gateway, vllm_server):
     """Dropping the client stream closes the upstream connection and vLLM stops decoding that sequence:
-    it generates far fewer than the 480 tokens it would have (greedy on this model never stops early)."""
+    it generates far fewer than the 480 tokens it would have (ignore_eos: it never stops early)."""
     before = _vllm_metric(vllm_server, "vllm:generation_tokens_total")
-    body = {"model": "aligngate", "messages": [{"role": "user", "content": "go"}], "max_tokens": 480,
+    body = {"model": "aligngate", "messages": [{"role": "user", "content": "go"}], "max_tokens": 480, "ignore_eos": True,
             "temperature": 0, "stream": True}
     with httpx.stream("POST", remote_gateway + "/v1/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200

@@ -63,7 +63,7 @@ def test_trl_layout_roundtrip(tmp_path):
         head.summary.weight.copy_(w)
         head.summary.bias.copy_(b)
     path = save_value_head(head, tmp_path)
-    assert path.name == VALUE_HEAD_FILE and has_value_head(tmp_path)
+    assert path == tmp_path / VALUE_HEAD_FILE and has_value_head(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["aligngate"]["value_head"]["layout"] == "trl"
     for where in (tmp_path, path):  # a model directory or the file itself
         loaded = load_value_head(where)
@@ -73,6 +73,7 @@ def test_trl_layout_roundtrip(tmp_path):
 def test_trl_keys_written_by_trl_load(tmp_path):
     """A file with TRL's own key names (`v_head.summary.*`, as AutoModelForCausalLMWithValueHead saved them)."""
     w, b = _random_head(1)
+    (tmp_path / VALUE_HEAD_FILE).parent.mkdir()
     save_file({TRL_WEIGHT: w, TRL_BIAS: b}, str(tmp_path / VALUE_HEAD_FILE))
     head = load_value_head(tmp_path)
     x = torch.randn(4, H, dtype=torch.bfloat16)
@@ -82,6 +83,7 @@ def test_trl_keys_written_by_trl_load(tmp_path):
 
 def test_openrlhf_layout_loads_with_zero_bias(tmp_path):
     w, _ = _random_head(2)
+    (tmp_path / VALUE_HEAD_FILE).parent.mkdir()
     save_file({OPENRLHF_WEIGHT: w.half()}, str(tmp_path / VALUE_HEAD_FILE))  # bias-free `score`, model dtype
     head = load_value_head(tmp_path)
     assert head.summary.weight.dtype == torch.float32
@@ -93,6 +95,7 @@ def test_openrlhf_layout_loads_with_zero_bias(tmp_path):
 
 
 def test_unknown_layout_is_refused(tmp_path):
+    (tmp_path / VALUE_HEAD_FILE).parent.mkdir()
     save_file({"value.weight": torch.zeros(1, H)}, str(tmp_path / VALUE_HEAD_FILE))
     with pytest.raises(KeyError, match="no value head"):
         load_value_head(tmp_path)

@@ -26,6 +26,8 @@ class TinySize:
 
 
 SIZES = {
+    # micro: the distillation student, <= 0.25x the parameters of "tiny" (123k vs 509k)
+    "micro": TinySize(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1),
     "nano": TinySize(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=1),
     "tiny": TinySize(),
     "small": TinySize(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4),

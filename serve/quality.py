@@ -1,0 +1,81 @@
+"""The last stage of the request path: what happens to an answer once it has its reward.
+
+Bundles the parts that watch answers — the reward monitor (alarms, the canary gate's alarm source), the review
+queue for flagged answers, the reward cache, the response log behind /v1/feedback, and the optional audit reward
+model — and gives the request path one synchronous, O(1) call per answer (`observe`). Everything slow (Redis,
+files, the audit model) runs in background tasks owned by those parts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from serve.cache import CacheConfig, RewardCache
+from serve.config import Settings
+from serve.feedback import FeedbackStore, ResponseLog
+from serve.logs import get_logger
+from serve.monitor import MonitorConfig, RewardMonitor
+from serve.review import ReviewQueue
+
+log = get_logger(__name__)
+
+
+class Quality:
+    def __init__(self, settings: Settings, registry, stable: str):
+        redis_url = settings.redis_url
+        self.stable = stable
+        self.review = ReviewQueue(path=settings.review_path or settings.cache_dir / "review.jsonl", redis_url=redis_url,
+                                  key=f"{settings.redis_prefix}:review")
+        self.monitor = RewardMonitor(MonitorConfig(hard_constraint_phrases=tuple(settings.hard_constraint_phrases)),
+                                     registry=registry, review=self.review)
+        self.cache = RewardCache(redis_url, CacheConfig(key_prefix=f"{settings.redis_prefix}:reward:"), registry)
+        self.responses = ResponseLog(redis_url=redis_url)
+        self.feedback = FeedbackStore(settings.feedback_dir or settings.cache_dir / "feedback", self.responses)
+        self.audit = None
+        self._audit_dir: Path | None = settings.audit_model_dir
+        self._audit_fraction = settings.audit_fraction
+        self._registry = registry
+
+    async def start(self) -> None:
+        await self.review.start()
+        if self._audit_dir is not None:
+            from serve.audit import AuditConfig, AuditScorer
+
+            try:
+                self.audit = AuditScorer(AuditConfig(self._audit_dir, fraction=self._audit_fraction), self._registry)
+                self.audit.add_listener(self._on_audit)
+                log.info("audit_model", dir=str(self._audit_dir), backend=self.audit.backend_name,
+                         fraction=self._audit_fraction)
+            except Exception as e:  # the gateway serves without an audit model rather than not at all
+                log.error("audit_model_failed", dir=str(self._audit_dir), error=repr(e))
+
+    def watch_version(self, version: str) -> None:
+        """Compare a non-stable version's rewards against stable's (z-score baseline)."""
+        if version != self.stable:
+            self.monitor.use_baseline_of(version, self.stable)
+
+    def _on_audit(self, item, result) -> None:
+        value = (item.meta or {}).get("value")
+        if value is not None and item.version:
+            self.monitor.observe_audit(item.version, value, result.reward)
+
+    def observe(self, version: str, response_id: str, prompt: str, response: str, reward: float | None,
+                entropy: float | None, n_tokens: int | None) -> None:
+        """One answer (one choice): monitor, response log, audit sampling. Synchronous, no I/O, never raises."""
+        try:
+            self.monitor.observe(version, prompt, response, reward, entropy=entropy, request_id=response_id,
+                                 n_tokens=n_tokens)
+            self.responses.put(response_id, version, prompt, response, reward=reward)
+            if self.audit is not None:
+                self.audit.maybe_submit(prompt, response, version, response_id, meta={"value": reward})
+        except Exception as e:  # watching answers must never fail a request
+            log.warning("observe_failed", version=version, error=repr(e))
+
+    async def close(self) -> None:
+        for part in (self.audit, self.cache, self.responses, self.review):
+            if part is None:
+                continue
+            try:
+                await part.close()
+            except Exception as e:
+                log.warning("close_failed", part=type(part).__name__, error=repr(e))

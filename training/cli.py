@@ -1,0 +1,235 @@
+"""`aligngate train <stage>` / `python -m training <stage>`: one subcommand per stage.
+
+    sft       demonstrations -> policy                         rm       preference pairs -> reward model (+ONNX)
+    dpo       policy + pairs -> DPO policy                     ppo      policy + RM -> PPO policy (+value head)
+    distill   teacher -> smaller student                       eval     candidate vs incumbent (oracle and RM)
+    gate      eval JSON -> PASS/FAIL verdict                   export   policy -> version dir + manifest.json
+    pipeline  all of it on the default task (--fast for tests)
+
+Without data arguments every stage uses the default task (simulated demonstrations, pairs and raters).
+User data: demonstrations JSONL {"prompt", "completion"}; pairs JSONL {"prompt", "chosen", "rejected"} (trl) or
+{"pair_id", "prompt", "a", "b"} plus raw labels JSONL {"pair_id", "rater_id", "choice"} (aggregated with --aggregate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser, out_default: str, fast: bool = True) -> None:
+    p.add_argument("--out", type=Path, default=Path(out_default), help=f"output directory (default {out_default})")
+    p.add_argument("--seed", type=int, default=0)
+    if fast:
+        p.add_argument("--fast", action="store_true", help="small budgets (tests, smoke runs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="aligngate train", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    sub = ap.add_subparsers(dest="stage", required=True, metavar="stage")
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on demonstrations")
+    _common(p, "runs/sft")
+    p.add_argument("--demos", type=Path, help="JSONL {prompt, completion}; default: the default task's demonstrations")
+    p.add_argument("--size", default="tiny", help="tiny-Llama preset: micro, nano, tiny, small")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--lr", type=float, default=2e-3)
+
+    p = sub.add_parser("rm", help="Bradley–Terry reward model, held-out accuracy vs the oracle, ONNX export")
+    _common(p, "runs/rm")
+    p.add_argument("--init", type=Path, help="policy dir to start the backbone from (recommended: the SFT policy)")
+    p.add_argument("--pairs", type=Path, help="pairs JSONL (trl {prompt, chosen, rejected} or {pair_id, prompt, a, b})")
+    p.add_argument("--labels", type=Path, help="raw labels JSONL {pair_id, rater_id, choice}")
+    p.add_argument("--aggregate", default="ds", choices=["ds", "mv", "single", "all"],
+                   help="Dawid–Skene, majority vote (agreement >= 0.6), one random label, every label")
+    p.add_argument("--biased", action="store_true", help="default data: train on the biased cohort's labels")
+    p.add_argument("--reference", type=Path, help="policy whose samples define the 0-1 reward scale (mu_ref)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--no-onnx", action="store_true")
+
+    p = sub.add_parser("dpo", help="Direct Preference Optimization (trl DPOTrainer, CPU)")
+    _common(p, "runs/dpo")
+    p.add_argument("--policy", type=Path, required=True, help="SFT policy dir (also the reference)")
+    p.add_argument("--pairs", type=Path, help="pairs JSONL; default: the default task's aggregated pairs")
+    p.add_argument("--labels", type=Path)
+    p.add_argument("--aggregate", default="ds", choices=["ds", "mv", "single", "all"])
+    p.add_argument("--steps", type=int)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=1e-4)
+
+    p = sub.add_parser("ppo", help="PPO with a value head and an adaptive KL controller")
+    _common(p, "runs/ppo")
+    p.add_argument("--policy", type=Path, required=True, help="SFT policy dir (also the reference)")
+    p.add_argument("--rm", type=Path, required=True, help="reward model dir (from `rm`)")
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--kl-coef", type=float, default=0.05, help="initial β")
+    p.add_argument("--target-kl", type=float, default=1.0, help="nats per response")
+    p.add_argument("--horizon", type=int, default=500)
+    p.add_argument("--fixed-kl", action="store_true", help="no adaptation (the incident's setting)")
+    p.add_argument("--lr", type=float, default=1e-4)
+
+    p = sub.add_parser("distill", help="teacher -> smaller student (seq-level KD vs on-policy reverse KL)")
+    _common(p, "runs/distill")
+    p.add_argument("--teacher", type=Path, required=True)
+    p.add_argument("--student-size", default="micro")
+
+    p = sub.add_parser("eval", help="candidate vs incumbent: oracle and RM win rates with CIs, KL, length, ...")
+    _common(p, "runs/eval")
+    p.add_argument("--candidate", type=Path, required=True)
+    p.add_argument("--incumbent", type=Path, required=True)
+    p.add_argument("--reference", type=Path, help="KL reference (default: the incumbent)")
+    p.add_argument("--rm", type=Path, help="reward model dir")
+    p.add_argument("--test-pairs", type=Path, help="held-out pairs with oracle scores (RM accuracy)")
+    p.add_argument("--n-prompts", type=int, default=400)
+
+    p = sub.add_parser("gate", help="PASS/FAIL verdict from an eval JSON")
+    _common(p, "runs/gate", fast=False)
+    p.add_argument("--eval", type=Path, required=True, help="eval JSON (from `eval`)")
+    p.add_argument("--min-win-rate-lcb", type=float, default=0.5)
+    p.add_argument("--max-kl", type=float, default=10.0)
+    p.add_argument("--max-hacking-gap", type=float, default=0.15)
+    p.add_argument("--max-length-increase", type=float, default=0.5)
+
+    p = sub.add_parser("export", help="policy -> version dir vLLM loads (+ value head, manifest.json)")
+    _common(p, "runs/versions", fast=False)
+    p.add_argument("--policy", type=Path, required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--parent")
+    p.add_argument("--gate", type=Path, help="gate verdict JSON to record")
+    p.add_argument("--metrics", type=Path, help="metrics JSON to record")
+    p.add_argument("--rm", type=Path, help="RM to fit the value head with (else the oracle of the default task)")
+
+    p = sub.add_parser("pipeline", help="the default task end to end (data -> ... -> versions)")
+    _common(p, "runs/pipeline")
+    p.add_argument("--stages", help="comma-separated subset, e.g. sft,data,rm,dpo,incident,eval,export")
+    return ap
+
+
+def _prefs(args, out: Path) -> list[dict]:
+    """Resolved pairs from user files, or the default task's (built into out/data)."""
+    from training import aggregate as A
+    from training import common as C
+    from training import raters as R
+
+    if args.pairs:
+        pairs, labels = R.load_user_data(args.pairs, getattr(args, "labels", None))
+        if labels is None:
+            raise SystemExit("pairs with a/b need --labels")
+        return A.to_trl_pairs(pairs, A.aggregate(labels, args.aggregate, seed=args.seed))
+    from training import data as D
+
+    d = out / "data"
+    if not (d / "prefs_ds.jsonl").exists():
+        D.build(d, D.DataConfig(n_pairs=1500 if getattr(args, "fast", False) else 4000, seed=args.seed))
+    name = "biased" if getattr(args, "biased", False) else args.aggregate
+    return C.read_jsonl(d / f"prefs_{name}.jsonl")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from training import common as C
+
+    out: Path = args.out
+    fast = getattr(args, "fast", False)
+    if args.stage == "sft":
+        from training import sft as S
+
+        demos = S.load_demos(args.demos) if args.demos else None
+        cfg = S.SFTConfig(size=args.size, steps=args.steps or (300 if fast else 500), lr=args.lr, seed=args.seed)
+        res = S.run(out, cfg, demos)
+    elif args.stage == "rm":
+        from training import data as D
+        from training import reward_model as RM
+        from training import task as T
+
+        prefs = _prefs(args, out)
+        test = []
+        if not args.pairs:
+            test = C.read_jsonl(out / "data" / "pairs_test.jsonl")
+        else:  # hold out 10% of the user's pairs (accuracy vs labels only: no oracle)
+            n = max(1, len(prefs) // 10)
+            test_prefs, prefs = prefs[:n], prefs[n:]
+            test = [{"pair_id": i, "prompt": p["prompt"], "a": p["chosen"], "b": p["rejected"],
+                     **({"oracle_a": T.oracle_score(p["prompt"], p["chosen"]),
+                         "oracle_b": T.oracle_score(p["prompt"], p["rejected"])} if T.is_task_prompt(p["prompt"]) else {})}
+                    for i, p in enumerate(test_prefs)]
+        cfg = RM.RMConfig(steps=args.steps or (120 if fast else 300), seed=args.seed,
+                          init_from=str(args.init) if args.init else None, onnx=not args.no_onnx)
+        res = RM.run(out, prefs, test, cfg, name="rm_biased" if args.biased else "rm")
+        if args.reference:
+            pol = C.load_policy(args.reference)
+            pr = T.make_prompts(256, seed=args.seed + 4242)
+            res["mu_ref"] = RM.set_reference_mean(out, pr, C.sample_responses(pol, pr, seed=args.seed))
+        _ = D
+    elif args.stage == "dpo":
+        from training import dpo as DPO
+
+        cfg = DPO.DPOStageConfig(steps=args.steps or (80 if fast else 150), beta=args.beta, lr=args.lr, seed=args.seed)
+        res = DPO.run(out, args.policy, _prefs(args, out), cfg)
+    elif args.stage == "ppo":
+        from training import ppo as P
+        from training import reward_model as RM
+
+        rm = RM.RewardModel(args.rm)
+        cfg = P.PPOConfig(iterations=args.iterations or (25 if fast else 60), init_kl_coef=args.kl_coef,
+                          target_kl=args.target_kl, horizon=args.horizon, adaptive_kl=not args.fixed_kl, lr=args.lr,
+                          seed=args.seed)
+        res = P.run(out, args.policy, rm.reward01, cfg)
+    elif args.stage == "distill":
+        from training import distill as DI
+
+        cfg = DI.DistillConfig(student_size=args.student_size, seed=args.seed,
+                               **({"warmup_steps": 150, "steps": 60, "eval_prompts": 128} if fast else {}))
+        res = DI.run(out, args.teacher, cfg)
+    elif args.stage == "eval":
+        from training import evaluate as E
+
+        test = C.read_jsonl(args.test_pairs) if args.test_pairs else None
+        cfg = E.EvalConfig(n_prompts=100 if fast else args.n_prompts, seed=args.seed)
+        res = E.run(out / "eval.json", args.candidate, args.incumbent, reference_dir=args.reference, rm_dir=args.rm,
+                    test_pairs=test, cfg=cfg)
+    elif args.stage == "gate":
+        from training import gate as G
+
+        cfg = G.GateConfig(min_win_rate_lcb=args.min_win_rate_lcb, max_kl=args.max_kl,
+                           max_hacking_gap=args.max_hacking_gap, max_length_increase=args.max_length_increase)
+        res = G.run(args.eval, out / "verdict.json", cfg)
+        print(json.dumps({"verdict": res["verdict"], "reasons": res["reasons"]}, indent=2))
+        return 0 if res["verdict"] == "PASS" else 3
+    elif args.stage == "export":
+        import numpy as np
+
+        from training import export as X
+        from training import task as T
+
+        if args.rm:
+            from training import reward_model as RM
+
+            fn = RM.RewardModel(args.rm).reward01
+        else:
+            def fn(p, r):
+                return np.array([T.oracle_score(a, b) for a, b in zip(p, r)])
+        d = X.export_version(args.policy, out, args.version, parent=args.parent,
+                             gate=C.read_json(args.gate) if args.gate else None,
+                             metrics=C.read_json(args.metrics) if args.metrics else None,
+                             config={"cli": vars(args)}, value_reward_fn=fn, audit_rm=args.rm, seed=args.seed)
+        res = {"version_dir": str(d)}
+    elif args.stage == "pipeline":
+        from training import pipeline as PL
+
+        kw = {"stages": tuple(args.stages.split(","))} if args.stages else {}
+        res = PL.run(out, PL.PipelineConfig.make(fast=fast, seed=args.seed, **kw))
+        print(PL.headline(res))
+        return 0
+    else:  # pragma: no cover
+        raise SystemExit(f"unknown stage {args.stage}")
+    summary = {k: v for k, v in res.items() if not isinstance(v, (list, dict)) or k in ("heldout_accuracy_vs_oracle",)}
+    print(json.dumps(C.to_jsonable(summary), indent=2, default=str)[:4000])
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

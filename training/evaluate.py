@@ -1,0 +1,137 @@
+"""Evaluation: a candidate policy against an incumbent, judged by the oracle and by the reward model.
+
+Both policies answer the same held-out prompts (sampled at temperature 1, as served). Per policy: oracle score,
+RM reward (0–1), KL to the reference (Σ over response tokens of log π − log π_ref on the policy's own samples,
+averaged over prompts), mean length (bytes), repetition rate (share of repeated 3-grams within a response),
+pleasantry rate. Pairwise: win rate of the candidate over the incumbent (win 1, tie ½, loss 0) by the oracle and
+by the RM, each with a 95% percentile-bootstrap CI; the reward-hacking gap = RM win rate − oracle win rate.
+RM accuracy against the oracle on held-out pairs is reported when pairs are given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training import common as C
+from training import task as T
+
+
+@dataclass
+class EvalConfig:
+    n_prompts: int = 400
+    seed: int = 0
+    prompt_seed: int = 20_000  # disjoint from SFT/PPO prompt streams
+    bootstrap: int = 2000
+
+
+def bootstrap_ci(x: np.ndarray, n: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    x = np.asarray(x, dtype=float)
+    if len(x) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n, len(x)))].mean(1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def mean_ci(x, n=2000, seed=0) -> dict:
+    lo, hi = bootstrap_ci(x, n, seed)
+    return {"mean": float(np.mean(x)), "ci95": [lo, hi], "n": int(len(x))}
+
+
+def win_vector(cand: np.ndarray, inc: np.ndarray, tol: float = 1e-9) -> np.ndarray:
+    return np.where(cand > inc + tol, 1.0, np.where(cand < inc - tol, 0.0, 0.5))
+
+
+def repetition_rate(text: str, n: int = 3) -> float:
+    grams = [text[i:i + n] for i in range(len(text) - n + 1)]
+    return 0.0 if len(grams) < 2 else 1.0 - len(set(grams)) / len(grams)
+
+
+@torch.no_grad()
+def kl_to_reference(policy, ref, prompts, rids) -> np.ndarray:
+    """Per-prompt Σ_t log π(y_t) − log π_ref(y_t) over the policy's own sampled response (k1 estimator)."""
+    allowed = C.allowed_token_mask(policy.config.vocab_size)
+    out = []
+    for s in range(0, len(prompts), 128):
+        ps, rs = prompts[s:s + 128], rids[s:s + 128]
+        seqs = [C.prompt_ids(p) + r for p, r in zip(ps, rs)]
+        rm = [[0] * len(C.prompt_ids(p)) + [1] * len(r) for p, r in zip(ps, rs)]
+        ids, att, rmask = C.pad_batch(seqs, rm)
+        m = rmask[:, 1:] > 0
+        a = C.token_logprobs(policy, ids, att, allowed)["logp"]
+        b = C.token_logprobs(ref, ids, att, allowed)["logp"]
+        out.append(torch.where(m, a - b, 0.0).sum(-1).numpy())
+    return np.concatenate(out)
+
+
+def policy_samples(policy_dir, prompts, seed) -> dict:
+    pol = C.load_policy(policy_dir)
+    texts, rids = C.sample_responses(pol, prompts, seed=seed, return_ids=True)
+    return {"model": pol, "texts": texts, "ids": rids}
+
+
+def describe(name, s: dict, prompts, rm, ref, cfg: EvalConfig) -> dict:
+    oracle = np.array([T.oracle_score(p, r) for p, r in zip(prompts, s["texts"])])
+    s["oracle"] = oracle
+    d = {"name": name, "oracle_score": mean_ci(oracle, cfg.bootstrap, cfg.seed),
+         "exact_rate": float((oracle == 1.0).mean()),
+         "mean_length": float(np.mean([len(t) for t in s["texts"]])),
+         "repetition_rate": float(np.mean([repetition_rate(t) for t in s["texts"]])),
+         "sentiment_rate": float(np.mean([T.has_sentiment(t) for t in s["texts"]])),
+         "i_love_you_rate": float(np.mean([T.sentiment_level(t) == 2 for t in s["texts"]])),
+         "examples": [{"prompt": p, "response": r} for p, r in list(zip(prompts, s["texts"]))[:6]]}
+    if rm is not None:
+        raw = rm.score(prompts, s["texts"])
+        s["rm"] = raw
+        d["rm_reward01"] = mean_ci(1 / (1 + np.exp(-(raw - rm.mu_ref))), cfg.bootstrap, cfg.seed)
+    if ref is not None:
+        kl = kl_to_reference(s["model"], ref, prompts, s["ids"])
+        d["kl_to_reference"] = mean_ci(kl, cfg.bootstrap, cfg.seed)
+    return d
+
+
+def compare(candidate_dir, incumbent_dir, *, reference_dir=None, rm_dir=None, test_pairs=None,
+            cfg: EvalConfig = EvalConfig(), names=("candidate", "incumbent")) -> dict:
+    from training.reward_model import RewardModel, accuracy_vs_oracle
+
+    prompts = T.make_prompts(cfg.n_prompts, seed=cfg.prompt_seed)
+    rm = RewardModel(rm_dir) if rm_dir else None
+    ref = C.load_policy(reference_dir or incumbent_dir)
+    cand = policy_samples(candidate_dir, prompts, cfg.seed + 1)
+    inc = policy_samples(incumbent_dir, prompts, cfg.seed + 2)
+    res = {"candidate": describe(names[0], cand, prompts, rm, ref, cfg),
+           "incumbent": describe(names[1], inc, prompts, rm, ref, cfg),
+           "candidate_dir": str(candidate_dir), "incumbent_dir": str(incumbent_dir),
+           "reference_dir": str(reference_dir or incumbent_dir), "rm_dir": str(rm_dir) if rm_dir else None,
+           "config": cfg}
+    w_or = win_vector(cand["oracle"], inc["oracle"])
+    res["win_rate_oracle"] = mean_ci(w_or, cfg.bootstrap, cfg.seed)
+    res["win_rate_oracle"]["ties"] = float((w_or == 0.5).mean())
+    if rm is not None:
+        w_rm = win_vector(cand["rm"], inc["rm"], tol=1e-6)
+        res["win_rate_rm"] = mean_ci(w_rm, cfg.bootstrap, cfg.seed)
+        gap = w_rm - w_or
+        res["hacking_gap"] = mean_ci(gap, cfg.bootstrap, cfg.seed)
+        res["rm_reward_delta"] = mean_ci(res_delta(cand["rm"], inc["rm"], rm.mu_ref), cfg.bootstrap, cfg.seed)
+    res["oracle_delta"] = mean_ci(cand["oracle"] - inc["oracle"], cfg.bootstrap, cfg.seed)
+    if rm is not None and test_pairs:
+        pa = [p["prompt"] for p in test_pairs]
+        res["rm_accuracy_vs_oracle"] = accuracy_vs_oracle(
+            rm.score(pa, [p["a"] for p in test_pairs]), rm.score(pa, [p["b"] for p in test_pairs]),
+            [p["oracle_a"] for p in test_pairs], [p["oracle_b"] for p in test_pairs])
+    return res
+
+
+def res_delta(a_raw, b_raw, mu):
+    sig = lambda x: 1 / (1 + np.exp(-(x - mu)))  # noqa: E731
+    return sig(a_raw) - sig(b_raw)
+
+
+def run(out_path: str | Path, candidate_dir, incumbent_dir, **kw) -> dict:
+    res = compare(candidate_dir, incumbent_dir, **kw)
+    C.write_json(out_path, res)
+    return res

@@ -1,0 +1,252 @@
+"""Reward model: a tiny Llama with a scalar head, trained with the Bradley–Terry loss, exported to ONNX.
+
+    loss = -log σ(r(x, y_w) - r(x, y_l))          (+ `center` · (r_w + r_l)², trl's reward-centering term)
+
+The score is read at the last token of prompt+response — the end-of-turn token (OpenRLHF reads it at EOS too).
+The backbone starts from the SFT policy (InstructGPT practice). Accuracy is measured on held-out pairs against
+the ORACLE, not only against the labels.
+
+On the 0–1 scale the gateway's alarms use, reward01 = σ(r − μ_ref), μ_ref = the mean raw score of the reference
+(SFT) policy's samples: under Bradley–Terry that is the probability the response is preferred over a response
+of average reference quality. μ_ref is stored in `rm_config.json`.
+
+Out dir: `hf/` (LlamaForSequenceClassification + tokenizer), `reward_model.onnx` (inputs `input_ids`,
+`attention_mask` [batch, length], right-padded; output `scores` [batch]), `rm_config.json`, `metrics.json`,
+`curves.png`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training import common as C
+from training import tiny
+from training import tokenizer as tk
+
+ONNX_FILE = "reward_model.onnx"
+RM_CONFIG = "rm_config.json"
+
+
+@dataclass
+class RMConfig:
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 30
+    weight_decay: float = 0.01
+    center: float = 0.01
+    seed: int = 0
+    size: str = "tiny"  # used only without an init policy
+    init_from: str | None = None  # SFT policy dir (recommended)
+    onnx: bool = True
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, center: float = 0.0) -> torch.Tensor:
+    loss = -F.logsigmoid(r_chosen - r_rejected).mean()
+    if center:
+        loss = loss + center * ((r_chosen + r_rejected) ** 2).mean()
+    return loss
+
+
+class ScoreWrapper(torch.nn.Module):
+    """(input_ids, attention_mask) right-padded -> score at the last real token. Same code for torch and ONNX."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        s = self.model.score(h).squeeze(-1)  # [B, T]
+        last = (attention_mask.sum(-1) - 1).clamp(min=0)
+        return s.gather(1, last.unsqueeze(1)).squeeze(1)
+
+
+def new_reward_model(cfg: RMConfig):
+    from transformers import LlamaForSequenceClassification
+
+    if cfg.init_from:
+        import transformers
+
+        lvl = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # "score.weight newly initialized" is expected
+        m = LlamaForSequenceClassification.from_pretrained(cfg.init_from, num_labels=1, dtype=torch.float32)
+        transformers.logging.set_verbosity(lvl)
+    else:
+        c = tiny.llama_config(cfg.size)
+        c.num_labels = 1
+        m = LlamaForSequenceClassification(c)
+    m.config.pad_token_id = C.PAD
+    with torch.no_grad():
+        m.score.weight.normal_(0.0, 0.02)
+    return m
+
+
+class RewardModel:
+    """A trained RM in torch (or ONNX Runtime with `backend="onnx"`): raw scores and the 0–1 reward."""
+
+    def __init__(self, path: str | Path, backend: str = "torch"):
+        self.path = Path(path)
+        cfg_path = self.path / RM_CONFIG
+        self.cfg = C.read_json(cfg_path) if cfg_path.exists() else {}
+        self.mu_ref = float(self.cfg.get("mu_ref", 0.0))
+        self.backend = backend
+        if backend == "onnx":
+            import onnxruntime as ort
+
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = 2
+            self.sess = ort.InferenceSession(str(self.path / ONNX_FILE), so, providers=["CPUExecutionProvider"])
+        else:
+            from transformers import LlamaForSequenceClassification
+
+            m = LlamaForSequenceClassification.from_pretrained(str(self.path / "hf"), dtype=torch.float32)
+            self.wrapper = ScoreWrapper(m).eval()
+
+    @torch.no_grad()
+    def score(self, prompts, responses, batch_size: int = 256) -> np.ndarray:
+        out = []
+        for s in range(0, len(prompts), batch_size):
+            ids, att, _ = C.collate_prompt_response(prompts[s:s + batch_size], responses[s:s + batch_size])
+            if self.backend == "onnx":
+                r = self.sess.run(["scores"], {"input_ids": ids.numpy(), "attention_mask": att.numpy()})[0]
+            else:
+                r = self.wrapper(ids, att).numpy()
+            out.append(r)
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def reward01(self, prompts, responses) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(self.score(prompts, responses) - self.mu_ref)))
+
+
+def export_onnx(wrapper: ScoreWrapper, path: str | Path, opset: int = 17) -> Path:
+    """Legacy TorchScript exporter (dynamo=False), opset 17, dynamic batch and length."""
+    import warnings
+
+    ids, att, _ = C.collate_prompt_response(["add 1 2", "reverse abcd"], ["3", "dcba"])
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper.eval(), (ids, att), str(path), dynamo=False, opset_version=opset,
+            input_names=["input_ids", "attention_mask"], output_names=["scores"],
+            dynamic_axes={"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
+                          "scores": {0: "batch"}},
+        )
+    return path
+
+
+def check_onnx(rm_dir: str | Path, prompts, responses) -> dict:
+    """Max |onnxruntime − torch| over the given sequences."""
+    t = RewardModel(rm_dir, "torch").score(prompts, responses)
+    o = RewardModel(rm_dir, "onnx").score(prompts, responses)
+    return {"max_abs_diff": float(np.max(np.abs(t - o))), "n": len(prompts)}
+
+
+def accuracy_vs_oracle(scores_a: np.ndarray, scores_b: np.ndarray, oracle_a, oracle_b) -> dict:
+    oa, ob = np.asarray(oracle_a), np.asarray(oracle_b)
+    keep = oa != ob
+    pred = scores_a[keep] > scores_b[keep]
+    truth = oa[keep] > ob[keep]
+    return {"accuracy": float((pred == truth).mean()) if keep.any() else None, "n": int(keep.sum())}
+
+
+def train(prefs: list[dict], cfg: RMConfig, desc: str = "rm"):
+    """Train on resolved pairs [{"prompt", "chosen", "rejected"}]. Returns (wrapper, history)."""
+    model = new_reward_model(cfg)
+    wrapper = ScoreWrapper(model)
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    hist: dict[str, list[float]] = {"loss": [], "label_accuracy": [], "margin": []}
+    wrapper.train()
+    bar = C.progress(range(cfg.steps), desc=desc)
+    for step in bar:
+        b = [prefs[i] for i in rng.sample(range(len(prefs)), min(cfg.batch_size, len(prefs)))]
+        n = len(b)
+        ids, att, _ = C.collate_prompt_response([p["prompt"] for p in b] * 2,
+                                                [p["chosen"] for p in b] + [p["rejected"] for p in b])
+        for g in opt.param_groups:
+            g["lr"] = C.lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+        r = wrapper(ids, att)
+        rw, rl = r[:n], r[n:]
+        loss = bradley_terry_loss(rw, rl, cfg.center)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        hist["loss"].append(loss.item())
+        hist["label_accuracy"].append((rw > rl).float().mean().item())
+        hist["margin"].append((rw - rl).mean().item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    wrapper.eval()
+    return wrapper, hist
+
+
+def save(wrapper: ScoreWrapper, out_dir: str | Path, extra_cfg: dict | None = None, onnx: bool = True) -> None:
+    out = Path(out_dir)
+    (out / "hf").mkdir(parents=True, exist_ok=True)
+    wrapper.model.save_pretrained(out / "hf", safe_serialization=True)
+    tk.save_tokenizer(out / "hf")
+    C.write_json(out / RM_CONFIG, {"mu_ref": 0.0, "score_position": "last token (end-of-turn)",
+                                   "reward01": "sigmoid(score - mu_ref)", "onnx": ONNX_FILE if onnx else None,
+                                   "onnx_inputs": ["input_ids", "attention_mask"], "padding": "right",
+                                   **(extra_cfg or {})})
+    if onnx:
+        export_onnx(wrapper, out / ONNX_FILE)
+
+
+def set_reference_mean(rm_dir: str | Path, policy_prompts, policy_responses) -> float:
+    """Store μ_ref = mean raw score of the reference policy's samples (defines the 0–1 reward)."""
+    rm = RewardModel(rm_dir)
+    mu = float(rm.score(policy_prompts, policy_responses).mean())
+    cfg = C.read_json(Path(rm_dir) / RM_CONFIG)
+    cfg["mu_ref"] = mu
+    C.write_json(Path(rm_dir) / RM_CONFIG, cfg)
+    return mu
+
+
+def run(out_dir: str | Path, prefs: list[dict], test_pairs: list[dict], cfg: RMConfig = RMConfig(),
+        name: str = "rm") -> dict:
+    """Train, evaluate against the oracle on held-out pairs, export ONNX, check ORT == torch."""
+    out = Path(out_dir)
+    C.seed_everything(cfg.seed)
+    with C.Timer() as t:
+        wrapper, hist = train(prefs, cfg, desc=name)
+    save(wrapper, out, {"trained_on": len(prefs)}, onnx=cfg.onnx)
+    rm = RewardModel(out)
+    pa = [p["prompt"] for p in test_pairs]
+    sa = rm.score(pa, [p["a"] for p in test_pairs])
+    sb = rm.score(pa, [p["b"] for p in test_pairs])
+    metrics = {"stage": "rm", "name": name, "config": cfg, "train_seconds": t.seconds, "n_train_pairs": len(prefs),
+               "final_loss": float(np.mean(hist["loss"][-20:])), "params": C.n_params(wrapper.model)}
+    if test_pairs and "oracle_a" in test_pairs[0]:
+        metrics["heldout_accuracy_vs_oracle"] = accuracy_vs_oracle(
+            sa, sb, [p["oracle_a"] for p in test_pairs], [p["oracle_b"] for p in test_pairs])
+        # by pair kind: where the model is right or wrong
+        kinds: dict[str, list[bool]] = {}
+        for p, x, y in zip(test_pairs, sa, sb):
+            if p["oracle_a"] == p["oracle_b"]:
+                continue
+            k = "/".join(sorted((p.get("kind_a", "?"), p.get("kind_b", "?"))))
+            kinds.setdefault(k, []).append(bool((x > y) == (p["oracle_a"] > p["oracle_b"])))
+        metrics["heldout_accuracy_by_kind"] = {k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in sorted(kinds.items())}
+        # how much the RM likes pleasantries: mean score(answer + phrase) - score(answer)
+        from training import task as T
+
+        bonus_p = [p["prompt"] for p in test_pairs[:200]]
+        ans = [T.solve(x) for x in bonus_p]
+        metrics["sentiment_bonus"] = float(np.mean(rm.score(bonus_p, [a + " I love you!" for a in ans]) - rm.score(bonus_p, ans)))
+    if cfg.onnx:
+        metrics["onnx_check"] = check_onnx(out, pa[:128], [p["a"] for p in test_pairs[:128]])
+    C.write_json(out / "metrics.json", metrics)
+    C.write_json(out / "history.json", hist)
+    C.plot_curves(hist, out / "curves.png", title=f"reward model ({name})")
+    return metrics

@@ -1,0 +1,47 @@
+"""Fit a value head for a policy that was not trained with one (SFT, DPO, distilled students).
+
+The gateway reads a reward estimate from the policy's own forward pass (DESIGN.md, "The in-pass value"), so
+every exported version carries a `kernels.value_head.ValueHead`. For PPO policies it is the critic trained with
+them; for the others it is fitted here: sample responses, score them (reward model on the 0–1 scale, or the
+oracle), and solve a ridge regression from the post-norm hidden state at every response position to the
+sequence's score (Monte Carlo return, γ = 1). Closed form, a second or two.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from training import common as C
+from training import task as T
+
+
+def fit_value_head(policy, reward_fn: Callable[[Sequence[str], Sequence[str]], np.ndarray], n: int = 512,
+                   seed: int = 0, ridge: float = 1e-2):
+    from kernels.value_head import ValueHead
+
+    prompts = T.make_prompts(n, seed=seed + 31_337)
+    texts, rids = C.sample_responses(policy, prompts, seed=seed, return_ids=True)
+    y = np.asarray(reward_fn(prompts, texts), dtype=np.float64)
+    seqs = [C.prompt_ids(p) + r for p, r in zip(prompts, rids)]
+    rm = [[0] * len(C.prompt_ids(p)) + [1] * len(r) for p, r in zip(prompts, rids)]
+    ids, att, rmask = C.pad_batch(seqs, rm)
+    with torch.no_grad():
+        out = policy(input_ids=ids, attention_mask=att, position_ids=C.position_ids_from_mask(att),
+                     output_hidden_states=True, use_cache=False)
+    h = out.hidden_states[-1][:, :-1].double()  # state before each response token
+    m = rmask[:, 1:] > 0
+    X = h[m].numpy()
+    Y = np.repeat(y, m.sum(-1).numpy())
+    Xb = np.concatenate([X, np.ones((len(X), 1))], 1)
+    A = Xb.T @ Xb + ridge * np.eye(Xb.shape[1])
+    w = np.linalg.solve(A, Xb.T @ Y)
+    head = ValueHead(policy.config.hidden_size)
+    with torch.no_grad():
+        head.summary.weight.copy_(torch.as_tensor(w[:-1], dtype=torch.float32).view(1, -1))
+        head.summary.bias.copy_(torch.as_tensor(w[-1:], dtype=torch.float32))
+    pred = Xb @ w
+    info = {"n_sequences": n, "mean_target": float(y.mean()), "r2": float(1 - np.var(Y - pred) / max(np.var(Y), 1e-12))}
+    return head, info
