@@ -32,10 +32,10 @@ import asyncio
 import math
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
+from serve.alarms import Alarm, AlarmSource, InjectedAlarms, ThresholdAlarms  # noqa: F401  (re-exported)
 from serve.config import CanarySettings, VersionSpec
 from serve.logs import get_logger
 from serve.stats import Summary
@@ -44,72 +44,6 @@ from serve.store import StoreUnavailable, audit_entry
 log = get_logger(__name__)
 
 SYSTEM = "controller"  # the `who` of automatic actions in the audit log
-
-
-# --- alarms ------------------------------------------------------------------------------------------------
-@dataclass
-class Alarm:
-    name: str
-    version: str
-    message: str = ""
-    source: str = ""
-    severity: str = "critical"
-    since: float = field(default_factory=time.time)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@runtime_checkable
-class AlarmSource(Protocol):
-    """Anything that can say which alarms are active for a version (the reward monitor, an SLO checker...).
-    Register with `gateway.alarm_sources.append(src)`; it is polled every controller tick, off the hot path."""
-
-    name: str
-
-    def active_alarms(self, version: str) -> list[Alarm]: ...
-
-
-class InjectedAlarms:
-    """Alarms raised by hand (the test-only fault endpoint): a stand-in for the monitor in tests."""
-
-    name = "injected"
-
-    def __init__(self) -> None:
-        self.alarms: dict[str, list[Alarm]] = {}
-
-    def raise_alarm(self, version: str, name: str, message: str = "") -> None:
-        self.alarms.setdefault(version, []).append(Alarm(name, version, message, self.name))
-
-    def clear(self, version: str) -> None:
-        self.alarms.pop(version, None)
-
-    def active_alarms(self, version: str) -> list[Alarm]:
-        return list(self.alarms.get(version, ()))
-
-
-class ThresholdAlarms:
-    """Absolute SLO alarms on a version's recent outcomes (last `window_s`): error rate and p99 end-to-end.
-    Off unless a threshold is set."""
-
-    name = "slo"
-
-    def __init__(self, stats, window_s: float = 30.0, max_error_rate: float | None = None,
-                 max_p99_e2e_s: float | None = None, min_requests: int = 10):
-        self.stats, self.window_s = stats, window_s
-        self.max_error_rate, self.max_p99_e2e_s, self.min_requests = max_error_rate, max_p99_e2e_s, min_requests
-
-    def active_alarms(self, version: str) -> list[Alarm]:
-        if self.max_error_rate is None and self.max_p99_e2e_s is None:
-            return []
-        s = self.stats.summary(version, since=self.stats.clock() - self.window_s)
-        out = []
-        if s.requests >= self.min_requests:
-            if self.max_error_rate is not None and s.error_rate > self.max_error_rate:
-                out.append(Alarm("error_rate", version, f"{s.error_rate:.3f} > {self.max_error_rate}", self.name))
-            if self.max_p99_e2e_s is not None and s.p99_e2e_s is not None and s.p99_e2e_s > self.max_p99_e2e_s:
-                out.append(Alarm("p99_e2e", version, f"{s.p99_e2e_s:.3f}s > {self.max_p99_e2e_s}s", self.name))
-        return out
 
 
 # --- plan and gate -----------------------------------------------------------------------------------------

@@ -76,6 +76,9 @@ def _train(rest: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # the training CLI parses its own arguments (and its own --help)
+        return _train(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

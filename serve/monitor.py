@@ -36,7 +36,7 @@ Cost: `observe()` is O(1) in the window size (running sums; amortised eviction; 
 stop float drift) plus O(len(response)) for the text features. It never blocks and never awaits; call it from
 the event-loop thread. Metrics are read at scrape time by a collector, so observe touches no Prometheus objects.
 
-The canary controller reads `active_alarms(version)` (the `AlarmSource` protocol below) or subscribes to events
+The canary controller reads `active_alarms(version)` (the `serve.alarms.AlarmSource` protocol) or subscribes to events
 with `subscribe()` (an `asyncio.Queue` of `AlarmEvent`) or `add_listener(callback)`.
 """
 
@@ -47,12 +47,13 @@ import math
 import re
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Literal, Protocol
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Literal
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from serve.alarms import Alarm, AlarmSource  # noqa: F401  (AlarmSource re-exported)
 from serve.review import ReviewItem
 
 SIGNALS = ("reward", "length", "repetition", "entropy", "kl", "flagged", "audit_gap")
@@ -116,36 +117,10 @@ class MonitorConfig:
 
 # --- public records --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Alarm:
-    version: str
-    name: str
-    value: float
-    threshold: float
-    n: int
-    since: float  # wall-clock time raised
-    message: str
-    source: str = "reward_monitor"
-    severity: str = "critical"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
 class AlarmEvent:
     kind: Literal["raised", "cleared"]
     alarm: Alarm
     time: float
-
-
-class AlarmSource(Protocol):
-    """What the canary controller needs from a monitor (the same shape as serve.canary.AlarmSource: a `name` and
-    `active_alarms(version)` returning alarms with name/version/message/source/since and `to_dict()`), so a
-    `RewardMonitor` goes straight into `gateway.alarm_sources`."""
-
-    name: str
-
-    def active_alarms(self, version: str) -> list[Alarm]: ...
 
 
 # --- rolling windows -------------------------------------------------------------------------------------
@@ -438,14 +413,17 @@ class RewardMonitor:
             else:  # ... clear only once back past it by the hysteresis margin (no flapping at the edge)
                 on = cmp > thr - h * abs(thr) if direction == "above" else cmp < thr + h * abs(thr)
             if on and cur is None:
-                a = Alarm(version, name, float(value), float(thr), n, self._wall(), msg)
+                a = Alarm(version, name, msg, "reward_monitor", since=self._wall(), value=float(value),
+                          threshold=float(thr), n=n)
                 st.active[name] = a
                 self._emit(st, "raised", a)
             elif on:
-                st.active[name] = Alarm(version, name, float(value), float(thr), n, cur.since, msg)
+                st.active[name] = Alarm(version, name, msg, "reward_monitor", since=cur.since, value=float(value),
+                                        threshold=float(thr), n=n)
             elif cur is not None:
                 del st.active[name]
-                self._emit(st, "cleared", Alarm(version, name, float(value), float(thr), n, cur.since, msg))
+                self._emit(st, "cleared", Alarm(version, name, msg, "reward_monitor", since=cur.since,
+                                                 value=float(value), threshold=float(thr), n=n))
         for name in [k for k in st.active if k not in seen]:  # signal fell below its minimum count
             self._emit(st, "cleared", st.active.pop(name))
 

@@ -51,7 +51,7 @@ def test_gate_early_rollback_on_errors_latency_alarm():
     assert d.action == "hold"  # one error in 12 is not yet clear evidence
     d = evaluate(summ(12, ttft=0.5, e2e=0.6), summ(300), None, [], [], [], STAGE, GATES, 1)
     assert d.action == "rollback" and "ttft median" in d.reasons[0]
-    d = evaluate(summ(1), summ(300), None, [], [], [Alarm("reward_mean_spike", "canary", "0.93 > 0.8", "monitor")],
+    d = evaluate(summ(1), summ(300), None, [], [], [Alarm("canary", "reward_mean_spike", "0.93 > 0.8", "monitor")],
                  STAGE, GATES, 1)
     assert d.action == "rollback" and "alarm: monitor/reward_mean_spike" in d.reasons[0]
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 
 import httpx
 import openai
 import pytest
+
+from tests.promtext import metric
 
 
 @pytest.fixture(scope="module")
@@ -131,23 +132,12 @@ def test_sixty_four_concurrent_requests(gateway):
     assert len(texts) == 64 and all(isinstance(t, str) for t in texts)
 
 
-def _metric(gateway: str, name: str, **labels) -> float:
-    text = httpx.get(gateway + "/metrics", timeout=10).text
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", line)
-        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
 def test_metrics_exported_per_version(gateway, client):
     client.chat.completions.create(model="canary", messages=MSG, max_tokens=3)
-    assert _metric(gateway, "aligngate_requests_total", version="canary", endpoint="chat", status="200") >= 1
-    assert _metric(gateway, "aligngate_ttft_seconds_count", version="canary") >= 1
-    assert _metric(gateway, "aligngate_e2e_latency_seconds_count", version="stable") >= 1
-    assert _metric(gateway, "aligngate_inter_token_latency_seconds_count", version="stable") >= 1
+    assert metric(gateway, "aligngate_requests_total", version="canary", endpoint="chat", status="200") >= 1
+    assert metric(gateway, "aligngate_ttft_seconds_count", version="canary") >= 1
+    assert metric(gateway, "aligngate_e2e_latency_seconds_count", version="stable") >= 1
+    assert metric(gateway, "aligngate_inter_token_latency_seconds_count", version="stable") >= 1
     text = httpx.get(gateway + "/metrics").text
     assert 'aligngate_in_flight{version="stable"}' in text
 
@@ -167,7 +157,7 @@ def test_client_disconnect_aborts_engine_request(gateway):
     full = httpx.post(gateway + "/v1/chat/completions", json={**body, "stream": False}, timeout=120).json()
     full_s = time.perf_counter() - t
     assert full["choices"][0]["finish_reason"] == "length"  # ignore_eos: always the full 480 tokens
-    before = _metric(gateway, "aligngate_requests_total", version="stable", status="499")
+    before = metric(gateway, "aligngate_requests_total", version="stable", status="499")
 
     t0 = time.perf_counter()
     with httpx.stream("POST", gateway + "/v1/chat/completions", json=body, timeout=60) as r:
@@ -175,13 +165,13 @@ def test_client_disconnect_aborts_engine_request(gateway):
         next(r.iter_raw())
     t = time.perf_counter()  # the connection is closed here
     assert t - t0 < 0.5 * full_s, "the first chunk should arrive long before the whole answer" 
-    while _metric(gateway, "aligngate_engine_unfinished_requests", version="stable") > 0:
+    while metric(gateway, "aligngate_engine_unfinished_requests", version="stable") > 0:
         assert time.perf_counter() - t < full_s, "the engine kept decoding after the client left"
         time.sleep(0.02)
     freed_s = time.perf_counter() - t
     assert freed_s < 0.5 * full_s
     deadline = time.monotonic() + 5
-    while _metric(gateway, "aligngate_requests_total", version="stable", status="499") <= before:
+    while metric(gateway, "aligngate_requests_total", version="stable", status="499") <= before:
         assert time.monotonic() < deadline, httpx.get(gateway + "/metrics").text
         time.sleep(0.05)
 
@@ -189,13 +179,13 @@ def test_client_disconnect_aborts_engine_request(gateway):
 def test_non_stream_disconnect_aborts(gateway):
     """A non-streamed request whose client gives up is cancelled (499), not finished (200)."""
     body = {"model": "stable", "messages": [{"role": "user", "content": "go"}], "max_tokens": 480, "ignore_eos": True, "temperature": 0}
-    ok_before = _metric(gateway, "aligngate_requests_total", version="stable", status="200")
-    gone_before = _metric(gateway, "aligngate_requests_total", version="stable", status="499")
+    ok_before = metric(gateway, "aligngate_requests_total", version="stable", status="200")
+    gone_before = metric(gateway, "aligngate_requests_total", version="stable", status="499")
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(gateway + "/v1/chat/completions", json=body, timeout=0.1)
     deadline = time.monotonic() + 5
-    while _metric(gateway, "aligngate_requests_total", version="stable", status="499") <= gone_before:
+    while metric(gateway, "aligngate_requests_total", version="stable", status="499") <= gone_before:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    assert _metric(gateway, "aligngate_requests_total", version="stable", status="200") == ok_before
-    assert _metric(gateway, "aligngate_engine_unfinished_requests", version="stable") == 0
+    assert metric(gateway, "aligngate_requests_total", version="stable", status="200") == ok_before
+    assert metric(gateway, "aligngate_engine_unfinished_requests", version="stable") == 0

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import time
 
 import httpx
 import openai
 import pytest
+
+from tests.promtext import metric
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +60,10 @@ def test_remote_upstream_4xx_becomes_a_clear_400(remote_gateway):
     assert set(err) == {"message", "type", "param", "code"} and err["message"]
 
 
-def _vllm_metric(url: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-        m = re.match(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", line)
-        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
 def test_remote_disconnect_aborts_upstream(remote_gateway, vllm_server):
     """Dropping the client stream closes the upstream connection and vLLM stops decoding that sequence:
     it generates far fewer than the 480 tokens it would have (ignore_eos: it never stops early)."""
-    before = _vllm_metric(vllm_server, "vllm:generation_tokens_total")
+    before = metric(vllm_server, "vllm:generation_tokens_total")
     body = {"model": "aligngate", "messages": [{"role": "user", "content": "go"}], "max_tokens": 480, "ignore_eos": True,
             "temperature": 0, "stream": True}
     with httpx.stream("POST", remote_gateway + "/v1/chat/completions", json=body, timeout=60) as r:
@@ -79,8 +71,8 @@ def test_remote_disconnect_aborts_upstream(remote_gateway, vllm_server):
         next(r.iter_raw())
     deadline = time.monotonic() + 10
     time.sleep(0.5)
-    while _vllm_metric(vllm_server, "vllm:num_requests_running") > 0:
+    while metric(vllm_server, "vllm:num_requests_running") > 0:
         assert time.monotonic() < deadline, "upstream kept the request running"
         time.sleep(0.1)
-    generated = _vllm_metric(vllm_server, "vllm:generation_tokens_total") - before
+    generated = metric(vllm_server, "vllm:generation_tokens_total") - before
     assert 1 <= generated < 0.8 * 480, generated

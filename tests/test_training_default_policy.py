@@ -15,7 +15,7 @@ def test_default_policy_builds_and_answers(tmp_path):
     t0 = time.perf_counter()
     build_default_policy(tmp_path, seed=0)
     elapsed = time.perf_counter() - t0
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "value_head/value_head.safetensors",
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", VALUE_HEAD_FILE,
               "generation_config.json"):
         assert (tmp_path / f).exists(), f
     m = C.load_policy(tmp_path)

@@ -18,10 +18,10 @@ def test_pipeline_fast_exports_versions(tmp_path):
         d = out / "versions" / v
         m = read_manifest(d)
         assert {"version", "parent", "data_hash", "config_hash", "metrics", "gate", "created_at"} <= set(m)
-        for f in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "value_head/value_head.safetensors"):
+        for f in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", VALUE_HEAD_FILE):
             assert (d / f).exists(), (v, f)
         cfg = json.loads((d / "config.json").read_text())
-        assert cfg["aligngate"]["value_head"]["file"] == "value_head/value_head.safetensors"
+        assert cfg["aligngate"]["value_head"]["file"] == VALUE_HEAD_FILE
     inc = read_manifest(out / "versions" / "incident")
     assert inc["parent"] == "sft"
     assert inc["gate"]["verdict"] == "FAIL" and inc["gate"]["reasons"]

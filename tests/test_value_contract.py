@@ -97,7 +97,7 @@ def test_engine_values_match_hf_forward_in_a_mixed_batch(gateway, hf_reference):
 def test_reserved_slots_never_sampled(gateway, cache_dir):
     slots = read_value_slots(cache_dir / "models" / "default-stable")
     body = {"model": "stable", "messages": [{"role": "user", "content": "say anything"}], "max_tokens": 64,
-            "n": 8, "temperature": 2.0, "return_values": True}
+            "n": 8, "temperature": 2.0, "return_values": True, "ignore_eos": True}
     seen = 0
     with httpx.Client(base_url=gateway, timeout=120) as c:
         for _ in range(4):
