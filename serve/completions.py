@@ -182,6 +182,8 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
     sticky = body.user or request.headers.get("x-session-id")
     route, engine = _route(gw, body.model, sticky)
     req = _generation_request(body)
+    # per-token values ride with the tokens only when the reward is read at the last position (or asked for)
+    req.with_values = gw.settings.reward_position == "last" or body.return_values
     rid = fmt.new_id(req.kind)
     routed_by = "explicit" if body.model != gw.router.public_model else ("sticky" if route.sticky else "weight")
     client_logprobs = req.logprobs is not None
@@ -190,6 +192,7 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
                 "routed_by": routed_by}}, t0, _prompt_text(body), client_logprobs,
                 RewardTracker(body.n, keep_tokens, body.return_values))
     headers = {"x-aligngate-version": engine.name, "x-request-id": rid}
+    gw.shadow.maybe_mirror(gw, engine.name, req, call.prompt_text)  # background copies, never awaited
 
     vm = gw.metrics.version(engine.name)
     vm.in_flight.inc()

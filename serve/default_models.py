@@ -20,17 +20,17 @@ SEEDS = {"stable": 0, "canary": 1}
 # SFT steps on the default task: a first start must be quick (README target: ready in ~2 minutes), so the canary
 # gets fewer steps than stable — a slightly weaker policy, which is what a canary demo wants anyway.
 # ALIGNGATE_DEFAULT_SFT_STEPS overrides stable's count (canary gets half); tests use a small value.
-STEPS = {"stable": 150, "canary": 75}
+STEPS = {"stable": 300, "canary": 150}
 
 
 def sft_steps(version: str) -> int:
     override = os.environ.get("ALIGNGATE_DEFAULT_SFT_STEPS")
     if override:
         return max(1, int(override) // (2 if version == "canary" else 1))
-    return STEPS.get(version, 75)
+    return STEPS.get(version, 150)
 
 
-def build_policy(out_dir: Path, seed: int, steps: int = 150) -> None:
+def build_policy(out_dir: Path, seed: int, steps: int = 300) -> None:
     """The default policy: trained quickly on the default task when the training module offers it."""
     try:
         from training.default_policy import build_default_policy

@@ -12,6 +12,9 @@ import os
 from pathlib import Path
 from collections.abc import AsyncIterator
 
+from vllm.logprobs import FlatLogprobs
+
+from serve import vllm_patches
 from serve.config import VersionSpec
 from serve.engine import (
     Delta,
@@ -47,6 +50,7 @@ class VLLMEngine(Engine):
 
         spec = self.spec
         self.slots = await asyncio.to_thread(read_value_slots, spec.model)
+        vllm_patches.apply()
         overrides = None
         if self.slots is not None:
             arch = (json.loads((Path(spec.model) / "config.json").read_text()).get("architectures") or [""])[0]
@@ -101,6 +105,8 @@ class VLLMEngine(Engine):
         out: dict = {"logit_bias": {i: -100.0 for i in s.ids()}}
         if req.with_values and req.logprobs is None:
             out["logprob_token_ids"] = s.ids()
+            out["flat_logprobs"] = True  # primitive lists, no Logprob object per id and position
+            out["extra_args"] = {vllm_patches.FLAG: True}  # no detokenization of the slot ids (vllm_patches)
         return out
 
     def _sampling_params(self, req: GenerationRequest, prompt_len: int):
@@ -160,9 +166,7 @@ class VLLMEngine(Engine):
                     if req.logprobs is not None:
                         d.logprobs = _logprobs(o.token_ids, o.logprobs, req.logprobs)
                     elif read_values and o.logprobs:
-                        d.values = [p[s.a].logprob - p[s.b].logprob for p in o.logprobs]
-                        if s.c is not None:
-                            d.entropies = [p[s.c].logprob - p[s.b].logprob for p in o.logprobs]
+                        d.values, d.entropies = _slot_values(o.logprobs, s)
                     deltas.append(d)
                 yield Step(deltas, len(ids), completion_tokens, out.finished, ids if out.finished else None)
         except EngineDeadError as e:
@@ -202,6 +206,18 @@ class VLLMEngine(Engine):
                 pass
 
         await asyncio.wait_for(one(), timeout_s)
+
+
+def _slot_values(logprobs, s) -> tuple[list[float], list[float] | None]:
+    """value = lp[A] - lp[B], entropy = lp[C] - lp[B] per position, from vLLM's flat logprob lists."""
+    if isinstance(logprobs, FlatLogprobs):
+        ids, lps = logprobs.token_ids, logprobs.logprobs
+        positions = [dict(zip(ids[a:b], lps[a:b])) for a, b in zip(logprobs.start_indices, logprobs.end_indices)]
+    else:  # dict per position
+        positions = [{t: lp.logprob for t, lp in p.items()} for p in logprobs]
+    values = [p[s.a] - p[s.b] for p in positions]
+    entropies = [p[s.c] - p[s.b] for p in positions] if s.c is not None else None
+    return values, entropies
 
 
 def _logprobs(token_ids, logprobs, k: int) -> list[TokenLogprob]:

@@ -17,6 +17,7 @@ from serve.logs import get_logger
 from serve.metrics import Metrics
 from serve.quality import Quality
 from serve.router import Router
+from serve.shadow import Shadow
 from serve.stats import Stats
 
 log = get_logger(__name__)
@@ -37,6 +38,7 @@ class Gateway:
                              {v.name: v.weight for v in versions})
         self.metrics = Metrics()
         self.quality = Quality(settings, self.metrics.registry, self.router.stable)
+        self.shadow = Shadow(self.metrics.registry)
         self.stats = Stats()  # per-version outcome windows: the canary gate's inputs
         self.alarm_sources: list = [self.quality.monitor]  # serve.canary.AlarmSource
         self.controller = None  # serve.canary.CanaryController, made in start()
@@ -113,6 +115,7 @@ class Gateway:
             await self.controller.stop()
         if self._starter and not self._starter.done():
             self._starter.cancel()
+        await self.shadow.close()
         await self.quality.close()
         for engine in list(self.engines.values()):
             try:
