@@ -100,7 +100,7 @@ def without_value_head(model: str, work: Path) -> str:
     return str(dst)
 
 
-def start_systems(scenario: str, model: str, work: Path) -> tuple[dict[str, str], list, str]:
+def start_systems(scenario: str, model: str, work: Path, reward_off: bool = False) -> tuple[dict[str, str], list, str]:
     """name -> base URL, the processes, and the baseline system's name. All serve the public model `policy`."""
     procs, systems = [], {}
 
@@ -116,7 +116,7 @@ def start_systems(scenario: str, model: str, work: Path) -> tuple[dict[str, str]
         proc, url = start_vllm_server("vllm", work, model, "policy", "--max-num-seqs", "128")
         procs.append(proc)
         systems["vllm"] = url
-        gateway("aligngate", model)
+        gateway("aligngate", without_value_head(model, work) if reward_off else model)
         return systems, procs, "vllm"
     if scenario == "reward":
         gateway("reward-off", without_value_head(model, work))
@@ -137,11 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", help="HF model dir (default: the embedded default stable policy)")
     ap.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/<scenario>.json)")
+    ap.add_argument("--reward-off", action="store_true",
+                    help="vs-vllm: serve the same weights without the value head (the gateway alone, no reward)")
     ap.add_argument("--smoke", action="store_true", help="tiny run for tests: one rate, 8 prompts, one round")
     args = ap.parse_args(argv)
     if args.smoke:
         args.rates, args.num_prompts, args.rounds = [10.0], 8, 1
-    out = args.out or ROOT / "benchmarks" / "results" / f"serve_{args.scenario.replace('-', '_')}.json"
+    suffix = "_reward_off" if args.reward_off else ""
+    out = args.out or ROOT / "benchmarks" / "results" / f"serve_{args.scenario.replace('-', '_')}{suffix}.json"
 
     if args.model is None:
         from serve.config import Settings
@@ -150,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         args.model = next(v.model for v in ensure_default_models(Settings().cache_dir) if v.name == "stable")
     work = Path(tempfile.mkdtemp(prefix="aligngate-bench-"))
     facts = machine_facts()
-    systems, procs, baseline = start_systems(args.scenario, args.model, work)
+    systems, procs, baseline = start_systems(args.scenario, args.model, work, args.reward_off)
     names = list(systems)
-    result = {"benchmark": "serve", "scenario": args.scenario, "baseline": baseline,
+    result = {"benchmark": "serve", "scenario": args.scenario, "baseline": baseline, "reward_off": args.reward_off,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "command": "python benchmarks/bench_serve.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "load": f"vllm bench serve, random {args.input_len}-in/{args.output_len}-out, ignore_eos, "
