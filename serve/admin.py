@@ -17,7 +17,8 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from serve.canary import ControlError, InjectedAlarms
+from serve.alarms import InjectedAlarms
+from serve.canary import ControlError
 from serve.config import Settings, VersionSpec
 from serve.errors import APIError
 from serve.faults import clear_fault, set_fault

@@ -40,7 +40,7 @@ class Gateway:
         self.quality = Quality(settings, self.metrics.registry, self.router.stable)
         self.shadow = Shadow(self.metrics.registry)
         self.stats = Stats()  # per-version outcome windows: the canary gate's inputs
-        self.alarm_sources: list = [self.quality.monitor]  # serve.canary.AlarmSource
+        self.alarm_sources: list = [self.quality.monitor]  # serve.alarms.AlarmSource
         self.controller = None  # serve.canary.CanaryController, made in start()
         self._starter: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()

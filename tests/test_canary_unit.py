@@ -9,17 +9,9 @@ import random
 
 import pytest
 
-from serve.canary import (
-    Alarm,
-    CanaryController,
-    ControlError,
-    InjectedAlarms,
-    evaluate,
-    gate_params,
-    make_plan,
-    welch_one_sided,
-    wilson_lower,
-)
+from serve.alarms import Alarm, InjectedAlarms
+from serve.canary import CanaryController, ControlError
+from serve.gate import evaluate, gate_params, make_plan, welch_one_sided, wilson_lower
 from serve.config import CanarySettings, Settings, VersionSpec
 from serve.router import Router
 from serve.stats import Stats, Summary

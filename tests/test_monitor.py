@@ -88,7 +88,7 @@ def test_min_samples_and_other_versions_untouched():
     assert {a.name for a in mon.active_alarms("canary")} == {"hard_constraint"}  # too few for the rest
     assert mon.active_alarms("stable") == [] and mon.active_alarms("nope") == []
     try:
-        from serve.canary import AlarmSource  # the canary controller's protocol (runtime-checkable)
+        from serve.alarms import AlarmSource  # the canary controller's protocol (runtime-checkable)
     except ImportError:  # pragma: no cover — canary module not present
         from serve.monitor import AlarmSource
     assert isinstance(mon, AlarmSource) if hasattr(AlarmSource, "_is_runtime_protocol") and \
