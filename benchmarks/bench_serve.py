@@ -100,12 +100,20 @@ def without_value_head(model: str, work: Path) -> str:
     return str(dst)
 
 
-def start_systems(scenario: str, model: str, work: Path, reward_off: bool = False) -> tuple[dict[str, str], list, str]:
-    """name -> base URL, the processes, and the baseline system's name. All serve the public model `policy`."""
+def start_systems(scenario: str, model: str, work: Path, reward_off: bool = False, engine: dict | None = None,
+                  server: dict | None = None, only: set[str] | None = None) -> tuple[dict[str, str], list, str]:
+    """name -> base URL, the processes, and the baseline system's name. All serve the public model `policy`.
+    `engine` overrides the aligngate version's engine fields (dtype, max_num_seqs, ...), `server` the matching
+    `start_vllm_server` keywords (`python -m benchmarks --profile ...` passes both; the defaults are the CPU ones);
+    `only` starts just those systems (one engine resident at a time on a GPU)."""
     procs, systems = [], {}
+    engine = engine or {"max_num_seqs": 128}
+    server = server or {}
 
     def gateway(name: str, model_dir: str, **env: str) -> None:
-        versions = [{"name": "stable", "model": model_dir, "weight": 1, "max_num_seqs": 128}]
+        if only is not None and name not in only:
+            return
+        versions = [{"name": "stable", "model": model_dir, "weight": 1, **engine}]
         proc, url = start_aligngate(name, work, env={"ALIGNGATE_VERSIONS": json.dumps(versions),
                                                      "ALIGNGATE_PUBLIC_MODEL": "policy",
                                                      "ALIGNGATE_CACHE_DIR": str(work / name), **env})
@@ -113,9 +121,11 @@ def start_systems(scenario: str, model: str, work: Path, reward_off: bool = Fals
         systems[name] = url
 
     if scenario == "vs-vllm":
-        proc, url = start_vllm_server("vllm", work, model, "policy", "--max-num-seqs", "128")
-        procs.append(proc)
-        systems["vllm"] = url
+        if only is None or "vllm" in only:
+            proc, url = start_vllm_server("vllm", work, model, "policy", "--max-num-seqs",
+                                          str(engine.get("max_num_seqs", 128)), *server.pop("extra", []), **server)
+            procs.append(proc)
+            systems["vllm"] = url
         gateway("aligngate", without_value_head(model, work) if reward_off else model)
         return systems, procs, "vllm"
     if scenario == "reward":

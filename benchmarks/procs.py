@@ -94,18 +94,40 @@ def start_aligngate(name: str, log_dir: Path, *args: str, env: dict[str, str] | 
     cmd = [str(BIN / "aligngate"), "serve", "--port", str(port), *args]
     proc = Proc(name, cmd, server_env(**(env or {})), log_dir)
     url = f"http://127.0.0.1:{port}"
-    wait_http(proc, url + ("/ready" if wait == "ready" else "/health"), timeout=300)
+    try:
+        wait_http(proc, url + ("/ready" if wait == "ready" else "/health"), timeout=300)
+    except BaseException:  # never leave a half-started server behind
+        proc.stop()
+        raise
     return proc, url
 
 
 def start_vllm_server(name: str, log_dir: Path, model: str, served_name: str, *extra: str,
-                      port: int | None = None) -> tuple[Proc, str]:
+                      port: int | None = None, dtype: str = "float32", max_model_len: int = 512,
+                      enforce_eager: bool = True) -> tuple[Proc, str]:
     """vLLM's own OpenAI server (`vllm serve`), started as a module because the console script fails here."""
     port = port or free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port", str(port),
-           "--host", "127.0.0.1", "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
+           "--host", "127.0.0.1", "--dtype", dtype, "--max-model-len", str(max_model_len),
+           *(["--enforce-eager"] if enforce_eager else []),
            "--served-model-name", served_name, "--disable-uvicorn-access-log", *extra]
     proc = Proc(name, cmd, server_env(), log_dir)
     url = f"http://127.0.0.1:{port}"
-    wait_http(proc, url + "/v1/models", timeout=300)
+    try:
+        wait_http(proc, url + "/v1/models", timeout=300)
+    except BaseException:
+        proc.stop()
+        raise
     return proc, url
+
+
+def start_command(name: str, log_dir: Path, cmd: list[str], health_url: str, env: dict[str, str] | None = None,
+                  timeout: float = 240) -> Proc:
+    """Any server by command line (LiteLLM's proxy, the fake upstream), waited on until `health_url` answers 200."""
+    proc = Proc(name, cmd, server_env(**(env or {})), log_dir)
+    try:
+        wait_http(proc, health_url, timeout=timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc

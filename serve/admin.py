@@ -15,7 +15,7 @@ import secrets
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from serve.alarms import InjectedAlarms
 from serve.canary import ControlError
@@ -23,6 +23,7 @@ from serve.config import Settings, VersionSpec
 from serve.errors import APIError
 from serve.faults import clear_fault, set_fault
 from serve.logs import get_logger
+from serve.schemas import ErrorResponse
 from serve.store import StoreUnavailable, audit_entry
 
 log = get_logger(__name__)
@@ -61,12 +62,29 @@ class Reason(BaseModel):
 class RegisterBody(Reason):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     model: str | None = Field(None, description="exported model directory (HF files + manifest.json)")
-    url: str | None = Field(None, description="remote OpenAI-compatible vLLM server")
+    url: str | None = Field(None, pattern=r"^https?://[^\s/?#]+", description="remote OpenAI-compatible vLLM server")
     remote_model: str | None = None
-    remote_api_key: str | None = None
-    max_model_len: int = 512
-    kv_cache_gib: int = 1
+    # sent as an HTTP header value: printable ASCII only (schemathesis: a non-ASCII key was stored, then every
+    # later admin action failed with a 500 building the version's HTTP client)
+    remote_api_key: str | None = Field(None, pattern=r"^[\x21-\x7e]+$")
+    max_model_len: int = Field(512, ge=8)
+    kv_cache_gib: int = Field(1, ge=1)
     force: bool = Field(False, description="register even if the manifest's gate verdict is FAIL (audited)")
+
+    @field_validator("url")
+    @classmethod
+    def _url_parses(cls, v: str | None) -> str | None:
+        # schemathesis registered "\x97" as a remote URL: its engine then retried an unusable URL forever
+        if v is not None:
+            import httpx
+
+            try:
+                ok = bool(httpx.URL(v).host)
+            except (httpx.InvalidURL, ValueError, TypeError):
+                ok = False
+            if not ok:
+                raise ValueError("url must be an http(s) URL with a host, e.g. http://10.0.0.7:8000")
+        return v
 
 
 class StartBody(Reason):
@@ -112,8 +130,10 @@ def build_admin_router(gw, settings: Settings) -> APIRouter:
                        type="authentication_error", code="invalid_admin_key",
                        headers={"WWW-Authenticate": "Bearer"})
 
-    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_key_id)],
-                       responses={401: {"description": "no or wrong admin key"}})
+    # every status the admin handlers send, in the OpenAI error shape (schemathesis: 404/409/503 were undocumented)
+    responses = {401: {"model": ErrorResponse, "description": "no or wrong admin key"},
+                 **{code: {"model": ErrorResponse} for code in (400, 404, 409, 413, 415, 503)}}
+    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin_key_id)], responses=responses)
 
     def ctl():
         if gw.controller is None:
@@ -152,7 +172,10 @@ def build_admin_router(gw, settings: Settings) -> APIRouter:
                                remote_api_key=body.remote_api_key, max_model_len=body.max_model_len,
                                kv_cache_gib=body.kv_cache_gib, weight=0.0)
         except ValueError as e:
-            raise APIError(400, str(e).splitlines()[-1] if str(e) else "invalid version", code="invalid_value") from None
+            # the first error's own message (the last line of a pydantic error is a documentation link)
+            errs = e.errors() if hasattr(e, "errors") else []
+            msg = errs[0].get("msg", "invalid version") if errs else (str(e) or "invalid version")
+            raise APIError(400, msg, code="invalid_value") from None
         return await run(ctl().register(spec, body.force, who, body.reason))
 
     @router.delete("/versions/{name}", status_code=202, summary="Drain (stop routing, wait in-flight) and unload")

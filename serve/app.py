@@ -8,28 +8,44 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
-from serve import completions, errors
-from serve.admin import build_admin_router
+from serve import auth, completions, errors
+from serve.admin import build_admin_router, load_admin_keys
+from serve.admission import Admission
 from serve.config import Settings, VersionSpec
+from serve.drain import DrainGuard
 from serve.feedback import FeedbackAck, FeedbackRequest, InvalidFeedback, UnknownResponse
 from serve.gateway import Gateway
 from serve.guard import BodyGuard
+from serve.ratelimit import RateLimiter
 from serve.schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 499, 502, 503)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 429, 499, 502, 503, 504)}
+# a completion is JSON, or server-sent events with `"stream": true` (schemathesis: the SSE type was undocumented)
+COMPLETION = {**ERRORS, 200: {"description": "the completion (JSON), or its chunks as server-sent events",
+                              "content": {"application/json": {}, "text/event-stream": {}}}}
 
 
 def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
     gw = Gateway(settings, versions)
+    # inference keys (serve/auth.py), per-key limits (serve/ratelimit.py), per-version slots (serve/admission.py)
+    auth.check_exposure(settings)
+    keys = auth.KeyTable.from_settings(settings)
+    keys.check_disjoint(load_admin_keys(settings).values())
+    auth_dep = auth.make_dependency(keys)
+    limiter = RateLimiter(settings.redis_url, settings.redis_prefix, settings.limits.lease_ttl_s,
+                          gw.metrics.registry)
+    guards = completions.Guards(limiter, Admission(settings.limits))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        await limiter.start()
         await gw.start()
         yield
         await gw.stop()
+        await limiter.close()
 
     app = FastAPI(title="aligngate", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible gateway for RLHF-tuned policies: one engine per policy version.")
@@ -37,15 +53,18 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
     errors.install(app)
     app.include_router(build_admin_router(gw, settings))
 
-    @app.post("/v1/chat/completions", responses=ERRORS, tags=["inference"])
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
-        return await completions.handle(gw, request, body)
+    @app.post("/v1/chat/completions", responses=COMPLETION, tags=["inference"])
+    async def chat_completions(body: ChatCompletionRequest, request: Request,
+                               key: auth.KeyPolicy | None = Depends(auth_dep)):  # noqa: B008
+        return await completions.handle(gw, request, body, key, guards)
 
-    @app.post("/v1/completions", responses=ERRORS, tags=["inference"])
-    async def text_completions(body: CompletionRequest, request: Request):
-        return await completions.handle(gw, request, body)
+    @app.post("/v1/completions", responses=COMPLETION, tags=["inference"])
+    async def text_completions(body: CompletionRequest, request: Request,
+                               key: auth.KeyPolicy | None = Depends(auth_dep)):  # noqa: B008
+        return await completions.handle(gw, request, body, key, guards)
 
-    @app.post("/v1/feedback", responses=ERRORS, tags=["inference"], response_model=FeedbackAck)
+    @app.post("/v1/feedback", responses=ERRORS, tags=["inference"], response_model=FeedbackAck,
+              dependencies=[Depends(auth_dep)])
     async def feedback(body: FeedbackRequest):
         """A rating of one answer (`response_id` = the completion's `id`), or a preference between two answers to
         the same prompt. Stored with provenance in the format the training module reads as preference data."""
@@ -58,7 +77,8 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
         except InvalidFeedback as e:
             raise errors.APIError(400, str(e), code="invalid_feedback") from None
 
-    @app.get("/v1/models", tags=["inference"])
+    @app.get("/v1/models", tags=["inference"], dependencies=[Depends(auth_dep)],
+             responses={401: {"model": ErrorResponse}})
     async def models():
         data = [{"id": settings.public_model, "object": "model", "owned_by": "aligngate", "created": 0,
                  "aligngate": {"kind": "public", "versions": list(gw.engines)}}]
@@ -75,24 +95,38 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/ready", tags=["ops"], responses={503: {"description": "some version cannot generate"}})
-    async def ready():
-        """Ready when a real one-token generation succeeds on every version."""
-        async def check(engine):
+    async def ready(verbose: bool = False):
+        """Ready when a real one-token generation succeeds on every version. `verbose=true` adds, per version, the
+        supervisor's view (state, restarts), the in-process engine core's pid and a remote version's backends."""
+        async def check(name, engine):
             if not engine.ready:
-                return {"ready": False, "error": repr(engine.start_error) if engine.start_error else "starting"}
+                why = gw.engine_down(name) or (repr(engine.start_error) if engine.start_error else "starting")
+                return {"ready": False, "error": why}
             try:
                 await engine.probe(settings.ready_timeout_s)
                 return {"ready": True}
             except Exception as e:  # any failure means not ready; the reason is reported
                 return {"ready": False, "error": f"{type(e).__name__}: {e}"}
 
-        results = await asyncio.gather(*(check(e) for e in gw.engines.values()))
+        if gw.drain.draining:  # SIGTERM: tell the load balancer to stop sending here (serve/drain.py)
+            return JSONResponse({"ready": False, "draining": True, "in_flight": gw.drain.active}, status_code=503,
+                                headers={"Retry-After": str(settings.retry_after_s)})
+        results = await asyncio.gather(*(check(n, e) for n, e in gw.engines.items()))
+        for (name, engine), r in zip(gw.engines.items(), results if verbose else ()):
+            r.update({k: v for k, v in (gw.supervisor.status(name) or {}).items() if k != "reason"})
+            inner = getattr(engine, "inner", engine)
+            if (pid := getattr(inner, "engine_pid", None)) is not None:
+                r["engine_pid"] = pid
+            if (backends := getattr(inner, "backends", None)) is not None:  # remote: which backends answer
+                r["backends"] = {b.base: {"up": b.up, "error": b.last_error} for b in backends}
+                r["retries"] = inner.retries
         versions = dict(zip(gw.engines, results))
         ok = all(r["ready"] for r in results)
         headers = None if ok else {"Retry-After": str(settings.retry_after_s)}
         return JSONResponse({"ready": ok, "versions": versions}, status_code=200 if ok else 503, headers=headers)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=Response,  # Prometheus text, not JSON (schemathesis)
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def metrics():
         for name, engine in gw.engines.items():
             if (n := engine.unfinished()) is not None:
@@ -100,4 +134,6 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
         return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.add_middleware(BodyGuard, max_bytes=settings.limits.max_body_bytes)
+    # added last = outermost: a draining gateway refuses new work before anything else runs
+    app.add_middleware(DrainGuard, drain=gw.drain, retry_after_s=settings.retry_after_s)
     return app

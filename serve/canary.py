@@ -54,6 +54,7 @@ class CanaryController:
         self.store_error: str | None = None
         self._task: asyncio.Task | None = None
         self._drains: dict[str, asyncio.Task] = {}
+        self._pending_rollback: tuple[dict, Decision] | None = None  # decided while the store was unreachable
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -118,12 +119,36 @@ class CanaryController:
                 log.error("controller_tick_failed", error=repr(e), exc_info=e)
 
     async def tick(self) -> None:
-        if not self.state.get("versions"):  # the store was down at start (or was wiped): seed it now
-            await self._seed()
-        if await self.store.rev() != self.state.get("rev"):
-            await self.apply(await self.store.load())
+        # The store down (Redis lost) must not switch the gate off: sync when it answers, else judge on the last
+        # state this replica knows; a rollback then applies here at once and is committed when the store is back.
+        unavailable: StoreUnavailable | None = None
+        try:
+            if not self.state.get("versions"):  # the store was down at start (or was wiped): seed it now
+                await self._seed()
+            if await self.store.rev() != self.state.get("rev"):
+                await self.apply(await self.store.load())
+            if self._pending_rollback is not None:
+                await self._auto_rollback(*self._pending_rollback)
+        except StoreUnavailable as e:
+            unavailable = e
+        try:
+            await self._judge_tick()
+        finally:
+            if unavailable is not None:
+                raise unavailable
+
+    async def _judge_tick(self) -> None:
         ro = self.state.get("rollout")
         if not ro or ro["state"] not in ("running", "paused"):
+            return
+        if self._pending_rollback is not None and self._pending_rollback[0]["id"] == ro["id"]:
+            return  # rolled back here already; nothing more to decide until the store has it
+        # A canary whose engine died under real traffic (crash, OOM, killed) is rolled back at once: its share
+        # already falls back to stable, but a version that cannot stay up is not one to keep advancing.
+        if self.cfg.rollback_on_engine_death and (down := self.gw.engine_down(ro["canary"])):
+            d = Decision("rollback", [f"canary engine died: {down}"], {"engine": {"ok": False, "reason": down}})
+            self.last_decision = {**d.to_dict(), "at": time.time(), "stage": ro["stage"]}
+            await self._auto_rollback(ro, d)
             return
         d = self.judge(ro)
         self.last_decision = {**d.to_dict(), "at": time.time(), "stage": ro["stage"]}
@@ -138,10 +163,14 @@ class CanaryController:
         gw = self.gw
         for name, v in st["versions"].items():
             if v["status"] == "active" and name not in gw.engines:
-                gw.add_version(VersionSpec(**v["spec"]))
+                try:
+                    gw.add_version(VersionSpec(**v["spec"]))
+                except Exception as e:  # a stored spec this replica cannot build must not wedge every later
+                    # commit (schemathesis: one bad registration turned all admin actions into 500s)
+                    log.error("version_add_failed", version=name, error=repr(e))
         router = gw.router
         for name, v in st["versions"].items():
-            if v["status"] == "active":
+            if v["status"] == "active" and name in gw.engines:  # never route to a version without an engine
                 router.add_version(name)
         if st.get("stable") and st["stable"] in router.order and router.stable != st["stable"]:
             router.set_stable(st["stable"])
@@ -198,11 +227,30 @@ class CanaryController:
 
     async def _auto_rollback(self, ro: dict, d: Decision) -> None:
         why = "; ".join(d.reasons)
-        _, mine = await self._commit(lambda cur: _rollback(cur, ro["id"], SYSTEM, why),
-                                     audit_entry(SYSTEM, "rollback", ro["canary"], why, stage=ro["stage"],
-                                                 checks=d.checks))
+        try:
+            _, mine = await self._commit(lambda cur: _rollback(cur, ro["id"], SYSTEM, why),
+                                         audit_entry(SYSTEM, "rollback", ro["canary"], why, stage=ro["stage"],
+                                                     checks=d.checks))
+        except StoreUnavailable:
+            self._rollback_locally(ro, why)
+            raise
+        self._pending_rollback = None
         if mine:
             log.warning("canary_rolled_back", canary=ro["canary"], stage=ro["stage"], reason=why)
+
+    def _rollback_locally(self, ro: dict, why: str) -> None:
+        """Fail safe while the store is unreachable: this replica stops sending the canary traffic now; the
+        rollback itself (shared state, audit) is committed by the first tick that reaches the store again."""
+        if self._pending_rollback is None:
+            log.warning("canary_rolled_back_locally", canary=ro["canary"], reason=why,
+                        detail="store unavailable: committed when it is back")
+        self._pending_rollback = (ro, Decision("rollback", [why], {}))
+        router = self.gw.router
+        if router.weights.get(ro["canary"], 0.0) > 0 and ro["canary"] != router.stable:
+            weights = dict(router.weights)
+            weights[router.stable] = weights.get(router.stable, 0.0) + weights[ro["canary"]]
+            weights[ro["canary"]] = 0.0
+            router.set_weights(weights)
 
     async def _advance(self, ro: dict, who: str, why: str, d: Decision | None = None, full: bool = False) -> dict:
         stable_summary = None

@@ -19,6 +19,13 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)
     configure(settings.log_level, settings.log_json)
     log = get_logger("aligngate")
+    from serve.auth import OpenExposure, check_exposure
+
+    try:  # before anything slow (model builds, engines): an open public bind is refused at once
+        check_exposure(settings, warn=False)  # create_app warns
+    except OpenExposure as e:
+        print(f"aligngate serve: {e}", file=sys.stderr)
+        return 2
     versions = list(settings.versions)
     if args.model:
         versions = [VersionSpec(name=Path(args.model).name or "model", model=args.model, weight=1.0)]
@@ -27,8 +34,13 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("embedded_default", versions=[v.name for v in versions], cache_dir=str(settings.cache_dir))
     app = create_app(settings, versions)
     log.info("listening", url=f"http://{settings.host}:{settings.port}", public_model=settings.public_model)
-    uvicorn.run(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                log_level="warning", access_log=False, timeout_graceful_shutdown=30)
+    from serve.drain import DrainingServer
+
+    # SIGTERM: drain first (503 to new work, in-flight requests finish, bounded by drain_timeout_s), then
+    # uvicorn's own shutdown with a short grace for connections still open at the bound (serve/drain.py).
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+                            log_level="warning", access_log=False, timeout_graceful_shutdown=3)
+    DrainingServer(config, app.state.gateway.drain, settings.drain_timeout_s, settings.drain_grace_s).run()
     return 0
 
 
@@ -63,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_subcommands(sub)  # canary ..., versions ...
 
+    d = sub.add_parser("demo", help="end-to-end demos: `aligngate demo incident --help`",
+                       description="End-to-end demos with real parts. `incident`: the seeds' reward-hacking policy "
+                                   "as a canary, caught and rolled back; a good candidate promoted.")
+    d.add_argument("demo", choices=["incident"])
+    d.add_argument("rest", nargs=argparse.REMAINDER, help="the demo's own flags (see `aligngate demo incident --help`)")
+    d.set_defaults(func=lambda a: _demo(a.demo, a.rest))
+
+    bn = sub.add_parser("bench", help="side-by-side serving benchmarks (see `aligngate bench --help`)",
+                        add_help=False)
+    bn.add_argument("rest", nargs=argparse.REMAINDER)
+    bn.set_defaults(func=lambda a: _bench(a.rest))
+
     t = sub.add_parser("train", help="offline RLHF stages (see `aligngate train --help`)", add_help=False)
     t.add_argument("rest", nargs=argparse.REMAINDER)
     t.set_defaults(func=lambda a: _train(a.rest))
@@ -75,10 +99,33 @@ def _train(rest: list[str]) -> int:
     return train_main(rest)
 
 
+def _demo(name: str, rest: list[str]) -> int:
+    from benchmarks.incident import main as incident_main
+
+    return incident_main(rest)
+
+
+def _bench(rest: list[str]) -> int:
+    """`aligngate bench ...` is `python -m benchmarks ...` (the benchmarks/ directory of a source checkout)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError as e:
+        print(f"aligngate bench needs the benchmarks/ directory of a source checkout ({e})", file=sys.stderr)
+        return 2
+    return bench_main(rest)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["demo", "incident"]:  # the demo parses its own arguments (and its own --help)
+        return _demo("incident", argv[2:])
     if argv[:1] == ["train"]:  # the training CLI parses its own arguments (and its own --help)
         return _train(argv[1:])
+    if argv[:1] == ["bench"]:  # so does the benchmark CLI (`python -m benchmarks`)
+        return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

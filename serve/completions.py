@@ -4,6 +4,12 @@ Streaming waits for the engine's first step before sending headers, so a request
 too long, version not ready) still gets a proper 4xx/5xx status instead of a 200 with an error event.
 A client that goes away cancels the engine request: for streams Starlette cancels the body iterator, for
 non-streamed answers `_until_disconnect` races the generation against `http.disconnect`.
+
+Admission, in order: request limits (400) -> route (404/503) -> the caller's key limits (429, serve/ratelimit.py)
+-> the version's bounded queue (503, serve/admission.py). Both are released when the request ends, however it
+ends. `limits.request_timeout_s` counts from arrival (queue wait included): a timeout before the first byte is a
+504 in the OpenAI error shape; after it (a stream whose headers are sent) the stream ends with an in-band error
+event (`type: timeout_error`) and `[DONE]`, as engine failures mid-stream do.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -19,10 +25,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from serve import openai_format as fmt
 from serve import reward as reward_stage
+from serve.admission import Admission, Overloaded
+from serve.auth import KeyPolicy
 from serve.engine import Engine, EngineBadRequest, EngineError, EngineNotReady, GenerationRequest, Step
 from serve.errors import APIError, error_sse
 from serve.gateway import Gateway
 from serve.logs import get_logger
+from serve.ratelimit import RateLimited, RateLimiter, TooLargeForKey
 from serve.reward import Reward, RewardTracker
 from serve.router import Route, UnknownModel
 from serve.schemas import ChatCompletionRequest, CompletionRequest
@@ -32,6 +41,14 @@ log = get_logger(__name__)
 
 class ClientGone(Exception):
     pass
+
+
+@dataclass
+class Guards:
+    """What admits a request beyond its own shape: per-key limits and per-version slots (made by the app)."""
+
+    limiter: RateLimiter
+    admission: Admission
 
 
 async def _until_disconnect(request: Request, awaitable):
@@ -46,8 +63,10 @@ async def _until_disconnect(request: Request, awaitable):
     watcher = asyncio.ensure_future(watch())
     try:
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError:  # e.g. the request's deadline (_within)
         task.cancel()
+        # let the cancelled step finish before anyone closes the engine's generator ("already running" otherwise)
+        await asyncio.wait({task})
         raise
     finally:
         watcher.cancel()
@@ -70,12 +89,108 @@ def _check_limits(gw: Gateway, body: ChatCompletionRequest | CompletionRequest) 
     if len(stops) > lim.max_stop:
         raise APIError(400, f"{len(stops)} stop sequences given; at most {lim.max_stop} are allowed",
                        param="stop", code="invalid_value")
+    max_tokens = body.effective_max_tokens() if isinstance(body, ChatCompletionRequest) else body.max_tokens
+    if lim.max_tokens_cap is not None and max_tokens is not None and max_tokens > lim.max_tokens_cap:
+        param = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
+        raise APIError(400, f"{param} is {max_tokens}; this gateway allows at most {lim.max_tokens_cap}",
+                       param=param, code="invalid_value")
     if isinstance(body, ChatCompletionRequest):
         if len(body.messages) > lim.max_messages:
             raise APIError(400, f"{len(body.messages)} messages given; at most {lim.max_messages} are allowed",
                            param="messages", code="invalid_value")
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs", code="invalid_value")
+
+
+def _check_prompt_tokens(gw: Gateway, kind: str, prompt_tokens: int) -> None:
+    """The prompt cap, checked once the engine has counted the prompt (its own tokenizer, so exact): on the first
+    step for in-process engines, before any byte goes out; remote servers report the count with the usage."""
+    cap = gw.settings.limits.max_prompt_tokens
+    if cap is not None and prompt_tokens > cap:
+        raise APIError(400, f"the prompt has {prompt_tokens} tokens; this gateway allows at most {cap}; shorten it",
+                       param="messages" if kind == "chat" else "prompt", code="prompt_too_long")
+
+
+def _reservation(req: GenerationRequest, prompt_text: str, max_model_len: int) -> int:
+    """Tokens a request may use, reserved against its key's tpm before the engine has tokenized anything: the
+    prompt estimated at 4 bytes a token (plus a few for each chat message's template), plus n x max_tokens (the
+    context's room when none is given). Corrected to the actual usage when the request ends."""
+    prompt = len(prompt_text.encode()) // 4 + 1 + 4 * len(req.messages or ())
+    room = req.max_tokens if req.max_tokens is not None else max(1, max_model_len - prompt)
+    return prompt + req.n * room
+
+
+async def _admit(gw: Gateway, guards: Guards, key: KeyPolicy | None, engine: Engine, cost: int,
+                 deadline: float) -> Callable[[int | None], None]:
+    """Key limits, then a slot on the version. Returns the release function for the request's end."""
+    lease = None
+    if key is not None:
+        try:
+            lease = await guards.limiter.acquire(key, cost)
+        except RateLimited as e:
+            raise APIError(429, str(e), type="rate_limit_exceeded", code=f"{e.limit}_limit_exceeded",
+                           headers={"Retry-After": str(e.retry_after_s)}) from None
+        except TooLargeForKey as e:
+            raise APIError(400, str(e), param="max_tokens", code="request_too_large") from None
+    slots = guards.admission.for_version(engine.name, gw.specs.get(engine.name))
+    wait = min(gw.settings.limits.queue_timeout_s, max(0.0, deadline - asyncio.get_running_loop().time()))
+    try:
+        await slots.acquire(wait)
+    except Overloaded as e:
+        guards.limiter.release(lease, refund=True)  # refused by the gateway: does not count against the key
+        gw.metrics.errors.labels(engine.name, "overloaded").inc()
+        retry = str(gw.settings.retry_after_s)
+        raise APIError(503, f"version `{engine.name}` is overloaded ({e}); retry after {retry} s",
+                       type="service_unavailable", code="overloaded", headers={"Retry-After": retry}) from None
+    except BaseException:
+        guards.limiter.release(lease, refund=True)
+        raise
+
+    def release(used_tokens: int | None) -> None:
+        slots.release()
+        guards.limiter.release(lease, used_tokens)
+
+    return release
+
+
+class RequestTimeout(Exception):
+    pass
+
+
+async def _within(deadline: float, awaitable):
+    """`awaitable` bounded by the request's deadline (loop time). Raises RequestTimeout when that deadline is what
+    ended it, so a TimeoutError from deeper down is never mistaken for the request's own."""
+    cm = asyncio.timeout_at(deadline)
+    try:
+        async with cm:
+            return await awaitable
+    except TimeoutError:
+        if cm.expired():
+            raise RequestTimeout() from None
+        raise
+
+
+def _timeout_s(gw: Gateway, request: Request) -> float:
+    """limits.request_timeout_s, or less when the client sends its own deadline in `x-aligngate-timeout` (seconds;
+    a client that will give up anyway should not keep an engine slot busy). It can only shorten the limit."""
+    limit = gw.settings.limits.request_timeout_s
+    given = request.headers.get("x-aligngate-timeout")
+    if given is None:
+        return limit
+    try:
+        t = float(given)
+    except ValueError:
+        t = -1.0
+    if not 0 < t < float("inf"):
+        raise APIError(400, f"x-aligngate-timeout must be a positive number of seconds, got {given!r}",
+                       param="x-aligngate-timeout", code="invalid_header")
+    return min(t, limit)
+
+
+def _timeout_error(gw: Gateway) -> APIError:
+    return APIError(504, "the request did not finish within its timeout (limits.request_timeout_s or "
+                         "x-aligngate-timeout); retry with a smaller max_tokens or later", type="timeout_error",
+                    code="request_timeout")
 
 
 def _route(gw: Gateway, model: str, sticky_key: str | None) -> tuple[Route, Engine]:
@@ -131,6 +246,11 @@ class Call:
     include_usage: bool = False
     ttft: float | None = None
     status: str = "200"
+    deadline: float = float("inf")  # loop time
+    release: Callable[[int | None], None] | None = None  # admission slot and key lease
+    used_tokens: int | None = None  # prompt + completion, when known: corrects the tpm reservation
+    wait_audit: bool = False
+    audits: list | None = None  # per choice: the audit model's result (when the client waited for it)
 
     @property
     def endpoint(self) -> str:
@@ -139,6 +259,8 @@ class Call:
     def done(self) -> None:
         """Metrics and stats of a request that has ended, however it ended (exactly once per request)."""
         name = self.engine.name
+        if self.release is not None:
+            self.release(self.used_tokens)
         self.gw.metrics.version(name).in_flight.dec()
         self.gw.metrics.requests.labels(name, self.endpoint, self.status).inc()
         e2e = time.perf_counter() - self.t0
@@ -151,14 +273,31 @@ class Call:
         gw = self.gw
         rewards = await reward_stage.rewards(self.engine, self.tracker, prompt_ids, gw.settings.reward_position,
                                              self.client_logprobs, gw.quality.cache, self.prompt_text)
+        futures = []
         for i, r in enumerate(rewards):
             c = self.tracker.choices[i]
             rid = self.rid if i == 0 else f"{self.rid}-{i}"
-            gw.quality.observe(self.engine.name, rid, self.prompt_text, self.tracker.response_text(i),
-                               r.score if r else None, self.tracker.mean_entropy(i), c.entropy_n or None)
+            futures.append(gw.quality.observe(self.engine.name, rid, self.prompt_text, self.tracker.response_text(i),
+                                              r.score if r else None, self.tracker.mean_entropy(i),
+                                              c.entropy_n or None, wait_audit=self.wait_audit))
             if r is not None:
                 gw.stats.record_reward(self.engine.name, r.score)  # the canary gate's reward input
+        if self.wait_audit:
+            self.audits = await _audit_results(futures, gw.settings.audit_wait_timeout_s)
         return rewards
+
+
+async def _audit_results(futures: list, timeout_s: float) -> list[dict | None]:
+    """The audit scores a client waited for; None per choice when unaudited, dropped or too slow."""
+    async def one(f):
+        if f is None:
+            return None
+        try:
+            r = await asyncio.wait_for(asyncio.shield(f), timeout_s)
+        except Exception:  # timeout or a failed batch: the answer is served without its audit score
+            return None
+        return {"score": r.reward, "raw_score": r.score, "model_version": r.model_version}
+    return list(await asyncio.gather(*(one(f) for f in futures)))
 
 
 def _prompt_text(body: ChatCompletionRequest | CompletionRequest) -> str:
@@ -171,17 +310,26 @@ def _reward_extra(call: Call, rewards: list[Reward | None]) -> dict:
     out: dict = {"reward": rewards[0].as_dict() if rewards and rewards[0] else None}
     if len(rewards) > 1:
         out["rewards"] = [r.as_dict() if r else None for r in rewards]
+    if call.wait_audit:
+        audits = call.audits or [None] * len(rewards)
+        out["audit"] = audits[0] if audits else None
+        if len(audits) > 1:
+            out["audits"] = audits
     if call.tracker.keep_values:
         out["traces"] = call.tracker.traces()
     return out
 
 
-async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | CompletionRequest) -> Response:
+async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | CompletionRequest,
+                 key: KeyPolicy | None = None, guards: Guards | None = None) -> Response:
     t0 = time.perf_counter()
+    deadline = asyncio.get_running_loop().time() + _timeout_s(gw, request)
     _check_limits(gw, body)
     sticky = body.user or request.headers.get("x-session-id")
     route, engine = _route(gw, body.model, sticky)
     req = _generation_request(body)
+    if req.max_tokens is None:
+        req.max_tokens = gw.settings.limits.max_tokens_cap
     # per-token values ride with the tokens only when the reward is read at the last position (or asked for)
     req.with_values = gw.settings.reward_position == "last" or body.return_values
     rid = fmt.new_id(req.kind)
@@ -190,8 +338,13 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
     keep_tokens = reward_stage.needs_finalize(engine, gw.settings.reward_position, client_logprobs)
     call = Call(gw, engine, req.kind, rid, body.model, body.n, {"aligngate": {"version": engine.name,
                 "routed_by": routed_by}}, t0, _prompt_text(body), client_logprobs,
-                RewardTracker(body.n, keep_tokens, body.return_values))
+                RewardTracker(body.n, keep_tokens, body.return_values), wait_audit=body.wait_for_audit)
     headers = {"x-aligngate-version": engine.name, "x-request-id": rid}
+    if guards is not None:
+        spec = gw.specs.get(engine.name)
+        cost = _reservation(req, call.prompt_text, spec.max_model_len if spec else 512) if key is not None else 0
+        call.release = await _admit(gw, guards, key, engine, cost, deadline)
+    call.deadline = deadline
     gw.shadow.maybe_mirror(gw, engine.name, req, call.prompt_text)  # background copies, never awaited
 
     vm = gw.metrics.version(engine.name)
@@ -200,9 +353,10 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
     handed_over = False
     try:
         try:
-            first: Step = await _until_disconnect(request, agen.__anext__())
+            first: Step = await _within(deadline, _until_disconnect(request, agen.__anext__()))
         except StopAsyncIteration:
             first = Step([], 0, 0, True)
+        _check_prompt_tokens(gw, call.kind, first.prompt_tokens)
         call.ttft = time.perf_counter() - t0
         vm.ttft.observe(call.ttft)
         if body.stream:
@@ -210,8 +364,10 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
             handed_over = True  # the stream now owns agen and the call's bookkeeping
             return StreamingResponse(_stream(call, agen, first), media_type="text/event-stream",
                                      headers={**headers, "Cache-Control": "no-cache"})
-        acc, step = await _until_disconnect(request, _collect(call, agen, first))
-        rewards = await call.rewards(step.prompt_token_ids)
+        acc, step = await _within(deadline, _until_disconnect(request, _collect(call, agen, first)))
+        call.used_tokens = step.prompt_tokens + step.completion_tokens
+        _check_prompt_tokens(gw, call.kind, step.prompt_tokens)
+        rewards = await _within(deadline, call.rewards(step.prompt_token_ids))
         extra = {"aligngate": {**call.extra["aligngate"], **_reward_extra(call, rewards)}}
         if call.kind == "chat":
             payload = acc.chat_body(rid, body.model, step.prompt_tokens, step.completion_tokens, extra)
@@ -220,6 +376,13 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
             payload = acc.completion_body(rid, body.model, step.prompt_tokens, step.completion_tokens, extra, prefix)
         vm.tokens.inc(step.completion_tokens)
         return JSONResponse(payload, headers=headers)
+    except RequestTimeout:
+        call.status = "504"
+        gw.metrics.errors.labels(engine.name, "timeout").inc()
+        raise _timeout_error(gw) from None
+    except APIError as e:  # a limit checked once the engine counted the prompt
+        call.status = str(e.status)
+        raise
     except ClientGone:
         call.status = "499"
         gw.metrics.errors.labels(engine.name, "client_disconnected").inc()
@@ -270,7 +433,12 @@ async def _stream(call: Call, agen: AsyncIterator[Step], first: Step) -> AsyncIt
         for d in first.deltas:
             track(d)
             yield chunker.chunk(d)
-        async for step in agen:
+        deadline = call.deadline
+        while True:  # not `async for`: each step is awaited under the request's deadline
+            try:
+                step = await _within(deadline, agen.__anext__())
+            except StopAsyncIteration:
+                break
             now = time.perf_counter()
             vm.itl.observe(now - last)
             last = now
@@ -281,8 +449,14 @@ async def _stream(call: Call, agen: AsyncIterator[Step], first: Step) -> AsyncIt
             yield chunker.usage_chunk(step.prompt_tokens, step.completion_tokens)
         vm.tokens.inc(step.completion_tokens)
         # the reward rides in one extra chunk after the last token: it never delays the first token
-        rewards = await call.rewards(step.prompt_token_ids)
+        rewards = await _within(deadline, call.rewards(step.prompt_token_ids))
         yield chunker.extra_chunk({"aligngate": {"version": version, **_reward_extra(call, rewards)}})
+        yield fmt.DONE
+    except RequestTimeout:  # headers are sent: the timeout is reported in-band, like an engine failure
+        call.status = "504"
+        gw.metrics.errors.labels(version, "timeout").inc()
+        yield error_sse("the request did not finish within its timeout (limits.request_timeout_s or "
+                        "x-aligngate-timeout); the answer above is incomplete", "timeout_error", "request_timeout")
         yield fmt.DONE
     except EngineError as e:  # headers are sent: report in-band, then end the stream cleanly
         call.status = "502"
@@ -294,5 +468,7 @@ async def _stream(call: Call, agen: AsyncIterator[Step], first: Step) -> AsyncIt
         gw.metrics.errors.labels(version, "client_disconnected").inc()
         raise
     finally:
+        if call.used_tokens is None and step.prompt_tokens:
+            call.used_tokens = step.prompt_tokens + step.completion_tokens
         await agen.aclose()
         call.done()

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 
@@ -27,7 +27,16 @@ class VersionSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     model: str | None = Field(None, description="HF model directory served in-process by vLLM")
     url: str | None = Field(None, description="base URL of a remote OpenAI-compatible vLLM server, e.g. http://h:8000")
+    urls: list[str] = Field(default_factory=list, description="more backends of the same remote version (with or "
+                            "instead of `url`): least-in-flight choice, one retry on another before the first byte")
     remote_model: str | None = Field(None, description="model name on the remote server (default: its first model)")
+    value_slots: list[int] | None = Field(
+        None, min_length=2, max_length=3,
+        description="remote only: the upstream policy's reserved value slots [a, b] or [a, b, c] (config.json "
+                    "`aligngate.value_slots`, or its <|value_a|>/<|value_b|> token ids). The upstream must serve the "
+                    "value-head class: vLLM with aligngate installed and --hf-overrides "
+                    "'{\"architectures\": [\"LlamaForCausalLMWithValueHead\"]}'. Then remote answers carry the "
+                    "in-pass reward too.")
     remote_api_key: str | None = None
     weight: float = Field(0.0, ge=0.0)
     max_model_len: int = Field(512, ge=8)
@@ -35,12 +44,20 @@ class VersionSpec(BaseModel):
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE in GiB for this engine (CPU only)")
     max_num_seqs: int = Field(128, ge=1)
     enforce_eager: bool = True
+    max_concurrency: int | None = Field(None, ge=1, description="requests in flight on this version (default: "
+                                                                "limits.max_concurrency)")
+    max_queue: int | None = Field(None, ge=0, description="requests waiting for a slot (default: limits.max_queue)")
 
     @model_validator(mode="after")
     def _one_backend(self) -> "VersionSpec":
+        if self.url is None and self.urls:
+            self.url = self.urls[0]  # `url` stays the version's first backend for code that reads only it
         if bool(self.model) == bool(self.url):
-            raise ValueError(f"version {self.name!r}: give exactly one of `model` (local dir) or `url` (remote)")
+            raise ValueError(f"version {self.name!r}: give exactly one of `model` (local dir) or `url`/`urls` (remote)")
         return self
+
+    def backend_urls(self) -> list[str]:
+        return list(dict.fromkeys([u for u in (self.url, *self.urls) if u]))
 
 
 class Limits(BaseModel):
@@ -49,6 +66,37 @@ class Limits(BaseModel):
     max_n: int = 8
     max_stop: int = 4
     max_top_logprobs: int = 20
+    max_tokens_cap: int | None = Field(None, ge=1, description="largest max_tokens a request may ask for (400 above "
+                                                               "it); also the default when a request gives none")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="longest prompt in tokens (400 above it)")
+    max_concurrency: int = Field(256, ge=1, description="per version: requests in flight (engine side)")
+    max_queue: int = Field(512, ge=0, description="per version: requests waiting for a slot; beyond it 503")
+    queue_timeout_s: float = Field(30.0, gt=0, description="longest wait for a slot before a 503")
+    request_timeout_s: float = Field(600.0, gt=0, description="whole request, queue wait included: 504 before "
+                                                              "the first byte, an in-band error event after it")
+    lease_ttl_s: float = Field(30.0, ge=3, description="a concurrency slot held in Redis expires this long after "
+                                                      "its replica last renewed it (a crashed replica's slots)")
+
+
+class ApiKeySpec(BaseModel):
+    """One inference API key. Give the key itself (hashed at load, never kept) or its hex SHA-256.
+
+    Limits are per key id, across all replicas when `redis_url` is set; none given = unlimited.
+    """
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$", description="shown in logs, metrics and 429s")
+    key: SecretStr | None = Field(None, description="the key in plain text (hashed at load)")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="hex SHA-256 of the key")
+    rpm: int | None = Field(None, ge=1, description="requests per minute")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute: prompt + max_tokens reserved at admission, "
+                                                    "corrected to actual usage at the end")
+    max_concurrency: int | None = Field(None, ge=1, description="requests in flight at once")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> "ApiKeySpec":
+        if bool(self.key) == bool(self.sha256):
+            raise ValueError(f"api key {self.id!r}: give exactly one of `key` (plain text) or `sha256` (its hash)")
+        return self
 
 
 class CanarySettings(BaseModel):
@@ -70,6 +118,7 @@ class CanarySettings(BaseModel):
     reward_min_samples: int = 10
     breach_min_requests: int = Field(10, ge=1, description="canary requests before an early rollback can fire")
     drain_timeout_s: float = 30.0
+    rollback_on_engine_death: bool = Field(True, description="the canary's engine died during a rollout: roll back")
 
 
 class Settings(BaseSettings):
@@ -85,6 +134,14 @@ class Settings(BaseSettings):
     retry_after_s: int = 5
     remote_timeout_s: float = 300.0
     remote_connect_timeout_s: float = 5.0
+    remote_header_timeout_s: float = Field(15.0, gt=0, description="a remote backend that sends no response headers "
+                                           "within this is treated as down (the request is retried on another)")
+    supervise_interval_s: float = Field(1.0, gt=0, description="engine liveness check period (serve/supervisor.py)")
+    restart_backoff_s: float = Field(1.0, ge=0, description="wait before re-trying a failed engine restart (doubles)")
+    restart_backoff_max_s: float = Field(60.0, ge=0)
+    drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM: bound on the wait for in-flight requests")
+    drain_grace_s: float = Field(0.0, ge=0, description="on SIGTERM: keep answering 503 (and /ready 503) at least "
+                                 "this long before closing the listener, so a load balancer sees it first")
     reward_position: Literal["last", "eos"] = Field(
         "last", description="last: in-pass value at the final generated position (free); eos: OpenRLHF-style "
                             "value at the EOS position (one extra 1-token step)")
@@ -95,11 +152,18 @@ class Settings(BaseSettings):
     feedback_dir: Path | None = Field(None, description="feedback JSONL directory (default cache_dir/feedback)")
     audit_model_dir: Path | None = Field(None, description="audit reward model (training's RM export); none = off")
     audit_fraction: float = Field(0.1, ge=0.0, le=1.0, description="share of answers the audit model scores")
+    audit_wait_timeout_s: float = Field(5.0, gt=0, description="longest a `wait_for_audit` request waits for the "
+                                                               "audit score (then `aligngate.audit` is null)")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True
+    log_content: bool = Field(False, description="log prompt and answer text (one `answer` line per choice); off by "
+                                                 "default: the gateway never logs what users send or get")
     config: Path | None = Field(None, description="YAML config file (also ALIGNGATE_CONFIG)")
     admin_key: str | None = Field(None, description="key for /admin/ (none: one is generated into cache_dir/admin_key)")
     admin_keys: dict[str, str] = Field(default_factory=dict, description="more admin keys: {key id: key}")
+    api_keys: list[ApiKeySpec] = Field(default_factory=list, description="inference keys (none: /v1/ is open, "
+                                                                      "allowed on loopback only unless allow_open)")
+    allow_open: bool = Field(False, description="serve /v1/ without keys on a non-loopback address (not advised)")
     redis_url: str | None = Field(None, description="control-plane store shared by replicas (default: in memory)")
     redis_prefix: str = "aligngate"
     canary: CanarySettings = Field(default_factory=CanarySettings)
@@ -129,6 +193,9 @@ class Settings(BaseSettings):
             raise ValueError(f"version names must be unique, got {names}")
         if self.public_model in names:
             raise ValueError(f"public_model {self.public_model!r} must differ from every version name")
+        ids = [k.id for k in self.api_keys]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"api key ids must be unique, got {ids}")
         return self
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 from collections.abc import AsyncIterator
 
@@ -30,18 +31,58 @@ from serve.logs import get_logger
 
 log = get_logger(__name__)
 
+try:  # vLLM's request-validation errors (VLLMValidationError) are not ValueErrors in recent releases
+    from vllm.exceptions import VLLMClientError
+
+    CLIENT_ERRORS: tuple[type[Exception], ...] = (ValueError, VLLMClientError)
+except ImportError:  # older vLLM: plain ValueError
+    CLIENT_ERRORS = (ValueError,)
+
 
 class VLLMEngine(Engine):
+    restartable = True  # serve.supervisor restarts it when its engine core dies
+
     def __init__(self, spec: VersionSpec):
+        self.llm = None
         super().__init__(spec.name)
         self.spec = spec
-        self.llm = None
         self.tokenizer = None
         self.max_model_len = spec.max_model_len
         self.slots = None
+        self._warming = False
+
+    # `ready` also reads vLLM's own dead-engine flag (set by its monitor thread the moment the EngineCore process
+    # exits), so routing moves new requests to stable at once instead of waiting for the supervisor's next tick.
+    @property
+    def ready(self) -> bool:
+        return self._ready and self.llm is not None and not self.llm.errored
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self._ready = value
+
+    @property
+    def down_reason(self) -> str | None:
+        llm = self.llm
+        if llm is None or not llm.errored:
+            return None
+        manager = getattr(llm.engine_core.resources, "engine_manager", None)
+        failed = getattr(manager, "failed_proc_name", None)
+        codes = getattr(manager, "finished_procs", dict)() if manager else {}
+        return f"engine core died ({failed or 'EngineCore'}, exit codes {codes or 'unknown'})"
+
+    @property
+    def engine_pid(self) -> int | None:
+        """The EngineCore process (ops and chaos tests: the process to watch, or to kill)."""
+        try:
+            return self.llm.engine_core.resources.engine_manager.processes[0].pid
+        except (AttributeError, IndexError, TypeError):
+            return None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
+        # the first import of vLLM's engine takes seconds: do it off the event loop (Redis, /health keep answering)
+        await asyncio.to_thread(_import_engine_modules)
         from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -78,14 +119,48 @@ class VLLMEngine(Engine):
         self.llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         self.tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, spec.model)
         self.max_model_len = self.llm.model_config.max_model_len
+        self._warming = True  # generate() serves the warm-up requests; `ready` stays False (no routing yet)
+        try:
+            warm_s = await self._warm_up()
+        finally:
+            self._warming = False
         self.ready = True
-        log.info("engine_ready", version=self.name, max_model_len=self.max_model_len)
+        log.info("engine_ready", version=self.name, max_model_len=self.max_model_len, warm_up_s=round(warm_s, 3))
+
+    async def _warm_up(self) -> float:
+        """Real generations (value read-out included) before the version is announced ready: vLLM's first
+        request on a fresh engine costs seconds on CPU (measured 5.9 s, then 5-10 ms), and the next few new
+        prompt lengths and batch sizes still cost tens to hundreds of ms; a canary's first users - and its latency
+        gate - must not pay that. A few prompt lengths one at a time, then a small concurrent batch."""
+        t0 = time.perf_counter()
+
+        async def one(i: int, words: int) -> None:
+            req = GenerationRequest(request_id=f"warmup-{self.name}-{i}-{os.urandom(4).hex()}", kind="completion",
+                                    prompt=" ".join(["warm up"] * words), max_tokens=8, temperature=1.0)
+            async for _ in self.generate(req):
+                pass
+
+        for i, words in enumerate((1, 8, 32)):
+            await one(i, words)
+        await asyncio.gather(*(one(10 + i, 2 + 3 * i) for i in range(4)))
+        return time.perf_counter() - t0
 
     async def stop(self) -> None:
         self.ready = False
         if self.llm is not None:
             llm, self.llm = self.llm, None
             await asyncio.to_thread(llm.shutdown)
+
+    async def alive(self) -> bool:
+        """Cheap liveness (no generation): vLLM has not flagged the engine core dead."""
+        return self.llm is not None and not self.llm.errored
+
+    async def restart(self) -> None:
+        """Shut the dead `AsyncLLM` down (a no-op for most of it: vLLM already cleaned up when the core died) and
+        build a new one. Requests meanwhile see `ready` False: routed ones go to stable, explicit ones get 503."""
+        await self.stop()
+        self.start_error = None
+        await self.start()
 
     # --- requests ----------------------------------------------------------------------------------------
     def _prompt_ids(self, req: GenerationRequest) -> list[int]:
@@ -127,30 +202,36 @@ class VLLMEngine(Engine):
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        return SamplingParams(
-            n=req.n,
-            max_tokens=req.max_tokens if req.max_tokens is not None else room,
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            presence_penalty=req.presence_penalty or 0.0,
-            frequency_penalty=req.frequency_penalty or 0.0,
-            stop=req.stop or None,
-            seed=req.seed,
-            logprobs=req.logprobs,
-            ignore_eos=req.ignore_eos,
-            min_tokens=req.min_tokens or 0,
-            repetition_penalty=req.repetition_penalty or 1.0,
-            output_kind=RequestOutputKind.DELTA,
-            **self._value_params(req),
-        )
+        try:
+            return SamplingParams(
+                n=req.n,
+                max_tokens=req.max_tokens if req.max_tokens is not None else room,
+                temperature=1.0 if req.temperature is None else req.temperature,
+                top_p=1.0 if req.top_p is None else req.top_p,
+                presence_penalty=req.presence_penalty or 0.0,
+                frequency_penalty=req.frequency_penalty or 0.0,
+                stop=req.stop or None,
+                seed=req.seed,
+                logprobs=req.logprobs,
+                ignore_eos=req.ignore_eos,
+                min_tokens=req.min_tokens or 0,
+                repetition_penalty=req.repetition_penalty or 1.0,
+                output_kind=RequestOutputKind.DELTA,
+                **self._value_params(req),
+            )
+        except CLIENT_ERRORS as e:  # vLLM's own argument checks, e.g. n > 1 with temperature 0 (schemathesis: 500)
+            raise EngineBadRequest(f"invalid sampling parameters: {e}", code="invalid_value") from None
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[Step]:
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        if not self.ready or self.llm is None:
+        if not (self.ready or self._warming) or self.llm is None:
             raise EngineNotReady(f"version {self.name!r} is not ready")
         ids = self._prompt_ids(req)
+        if not ids:  # vLLM refuses an empty decoder prompt with a ValueError (schemathesis: it was a 500)
+            raise EngineBadRequest("the prompt is empty; send at least one token of text",
+                                   param="messages" if req.kind == "chat" else "prompt", code="invalid_value")
         params = self._sampling_params(req, len(ids))
         completion_tokens = 0
         read_values = params.logprob_token_ids is not None
@@ -172,7 +253,7 @@ class VLLMEngine(Engine):
         except EngineDeadError as e:
             self.ready = False
             raise EngineError(f"version {self.name!r}: engine died: {e}") from e
-        except ValueError as e:  # vLLM's request validation
+        except CLIENT_ERRORS as e:  # vLLM's request validation
             raise EngineBadRequest(str(e)) from e
         finally:
             # Closing vLLM's generator early (client gone, consumer stopped) aborts the sequence in the engine.
@@ -197,6 +278,9 @@ class VLLMEngine(Engine):
     def unfinished(self) -> int | None:
         return self.llm.output_processor.get_num_unfinished_requests() if self.llm is not None else None
 
+    def describe(self) -> dict:
+        return {**super().describe(), "engine_pid": self.engine_pid}
+
     async def probe(self, timeout_s: float) -> None:
         req = GenerationRequest(request_id=f"probe-{self.name}-{os.urandom(4).hex()}", kind="completion",
                                 prompt="ok", max_tokens=1, temperature=0.0)
@@ -206,6 +290,12 @@ class VLLMEngine(Engine):
                 pass
 
         await asyncio.wait_for(one(), timeout_s)
+
+
+def _import_engine_modules() -> None:
+    import transformers  # noqa: F401
+    import vllm.engine.arg_utils  # noqa: F401
+    import vllm.v1.engine.async_llm  # noqa: F401
 
 
 def _slot_values(logprobs, s) -> tuple[list[float], list[float] | None]:

@@ -119,8 +119,9 @@ def evaluate(canary: Summary, stable: Summary, baseline: dict | None, c_rewards:
         ref = baseline
         checks["stable_reference"] = "baseline from the previous stage"
 
-    if alarms:
-        breaches.append("alarm: " + "; ".join(f"{a.source}/{a.name}: {a.message}".rstrip(": ") for a in alarms))
+    blocking = [a for a in alarms if a.severity == "critical"]  # warnings are shown in the checks, not gated on
+    if blocking:
+        breaches.append("alarm: " + "; ".join(f"{a.source}/{a.name}: {a.message}".rstrip(": ") for a in blocking))
     checks["alarms"] = [a.to_dict() for a in alarms]
 
     # errors

@@ -10,6 +10,7 @@ import asyncio
 import gc
 
 from serve.config import Settings, VersionSpec
+from serve.drain import Drain
 from serve.engine import Engine
 from serve.engine_remote import RemoteEngine
 from serve.engine_vllm import VLLMEngine
@@ -19,13 +20,15 @@ from serve.quality import Quality
 from serve.router import Router
 from serve.shadow import Shadow
 from serve.stats import Stats
+from serve.supervisor import Supervisor
 
 log = get_logger(__name__)
 
 
 def make_engine(spec: VersionSpec, settings: Settings) -> Engine:
     if spec.url:
-        return RemoteEngine(spec, settings.remote_timeout_s, settings.remote_connect_timeout_s)
+        return RemoteEngine(spec, settings.remote_timeout_s, settings.remote_connect_timeout_s,
+                            settings.remote_header_timeout_s)
     return VLLMEngine(spec)
 
 
@@ -42,6 +45,10 @@ class Gateway:
         self.stats = Stats()  # per-version outcome windows: the canary gate's inputs
         self.alarm_sources: list = [self.quality.monitor]  # serve.alarms.AlarmSource
         self.controller = None  # serve.canary.CanaryController, made in start()
+        # restarts dead in-process engines, re-admits remote versions whose backends answer again
+        self.supervisor = Supervisor(self, settings.supervise_interval_s, settings.restart_backoff_s,
+                                     settings.restart_backoff_max_s)
+        self.drain = Drain()  # SIGTERM: stop taking work, let in-flight requests finish (serve/drain.py)
         self._starter: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -56,6 +63,19 @@ class Gateway:
         store = make_store(self.settings.redis_url, self.settings.redis_prefix)
         self.controller = CanaryController(self, store, self.settings.canary)
         await self.controller.start()
+        self.supervisor.start()
+
+    def engine_down(self, name: str) -> str | None:
+        """Why a version that was serving is out of service now (its engine died, its backends are unreachable);
+        None while it serves, and while it is still starting for the first time."""
+        w = self.supervisor.watches.get(name)
+        if w is None or w.state == "starting":
+            return None
+        engine = self.engines.get(name)
+        if engine is not None and engine.ready:  # up (or restarted and warming up: already serving)
+            return None
+        # between the death and the supervisor's next tick only the engine itself knows why
+        return w.reason or getattr(getattr(engine, "inner", engine), "down_reason", None) or "engine down"
 
     def add_version(self, spec: VersionSpec) -> None:
         """A version registered at runtime: routable at once (weight 0), its engine starts in the background."""
@@ -84,6 +104,7 @@ class Gateway:
             await asyncio.sleep(0.1)
         engine = self.engines.pop(name, None)
         self.specs.pop(name, None)
+        self.supervisor.forget(name)
         if engine is not None:
             try:
                 await engine.stop()
@@ -111,6 +132,7 @@ class Gateway:
         await asyncio.wait_for(all_ready(), timeout_s)
 
     async def stop(self) -> None:
+        await self.supervisor.stop()  # first: no engine restart may begin while the engines are being stopped
         if self.controller is not None:
             await self.controller.stop()
         if self._starter and not self._starter.done():

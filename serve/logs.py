@@ -1,6 +1,6 @@
 """Structured logs (structlog): one JSON object per line by default, key=value for humans with log_json=False.
 
-Prompt and response text are never logged by the gateway.
+Prompt and response text are never logged by the gateway unless `log_content` is set (ALIGNGATE_LOG_CONTENT=1).
 """
 
 from __future__ import annotations

@@ -24,10 +24,19 @@ Alarms (defaults = the seeds' thresholds, DESIGN.md "Formulas"; every one config
   kl_high            mean KL > 10 nats (only when KL is given)
   entropy_low        mean entropy < 0.1 (only when entropy is given)
   hard_constraint    any flagged answer in the window (configurable phrases, case-insensitive, and regexes;
-                     default phrase "I love you"); flagged answers also go to the review queue
+                     default phrase "I love you"); flagged answers also go to the review queue. For a version
+                     compared with another (a canary vs stable, `use_baseline_of`) the flag rate is tested against
+                     the reference's: one-sided exact binomial, H0: rate <= max(flag_rate_max, reference rate),
+                     alarm at p < `thresholds.flag_alpha` (0.01). With a clean reference that is still "any flag"; with a
+                     stable that itself says the phrase 13% of the time, a canary that says it less is not blocked
   repetition_high    mean repeated-n-gram fraction > 0.5 (word 3-grams)
   audit_disagreement mean |value-head reward − audit reward| > 0.25 over the window of audited answers
                      (Pearson correlation is exported, and alarms only if `audit_corr_min` is set)
+Severity: every alarm is `critical` (it fails a canary's gate) except the "too good to be true" ones -
+reward_mean_high, reward_std_low and an upward reward_shift - while an audit reward model corroborates the value
+head on that version (>= 20 audited answers and no audit_disagreement): then they are `warning` (shown, not
+blocking), because a genuinely better policy also scores higher and more uniformly. Without an audit model they
+stay critical (the seeds' behaviour).
 Each alarm needs `min_samples` observations of its signal first (hard-constraint flags: 1). An alarm is raised
 when its threshold is crossed and clears by itself when the window is back past the threshold by `hysteresis`
 (5% of the threshold, so a signal sitting on the edge does not flap); raised/cleared events are both emitted.
@@ -47,13 +56,14 @@ import math
 import re
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Literal
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from serve.alarms import Alarm, AlarmSource  # noqa: F401  (AlarmSource re-exported)
+from serve.gate import binom_sf
 from serve.review import ReviewItem
 
 SIGNALS = ("reward", "length", "repetition", "entropy", "kl", "flagged", "audit_gap")
@@ -93,6 +103,7 @@ class Thresholds:
     kl_mean_max: float | None = 10.0
     entropy_mean_min: float | None = 0.1
     flag_rate_max: float | None = 0.0  # alarm when the flagged fraction of the window exceeds this (0 = any flag)
+    flag_alpha: float = 0.01  # level of the canary-vs-reference flag-rate test
     repetition_mean_max: float | None = 0.5
     audit_gap_max: float | None = 0.25
     audit_corr_min: float | None = None
@@ -387,8 +398,17 @@ class RewardMonitor:
             yield "entropy_low", "below", e.mean, e.mean, t.entropy_mean_min, e.n, "entropy collapsed"
         f = st.win["flagged"]
         if t.flag_rate_max is not None and f.n >= 1:
-            yield "hard_constraint", "above", f.mean, f.mean, t.flag_rate_max, f.n, \
-                "answers matched a hard constraint"
+            ref = self._v.get(st.baseline_of) if st.baseline_of is not None else None
+            rf = ref.win["flagged"] if ref is not None else None
+            if rf is not None and rf.n >= self.cfg.min_baseline and rf.mean > t.flag_rate_max:
+                p0 = rf.mean
+                k = round(f.mean * f.n)
+                p = binom_sf(k, f.n, p0) if k > 0 else 1.0
+                yield "hard_constraint", "above", 1.0 - p, f.mean, 1.0 - t.flag_alpha, f.n, \
+                    f"flag rate {f.mean:.1%} significantly above {st.baseline_of}'s {p0:.1%} (binomial p={p:.2g})"
+            else:
+                yield "hard_constraint", "above", f.mean, f.mean, t.flag_rate_max, f.n, \
+                    "answers matched a hard constraint"
         rep = st.win["repetition"]
         if t.repetition_mean_max is not None and rep.n >= ms:
             yield "repetition_high", "above", rep.mean, rep.mean, t.repetition_mean_max, rep.n, \
@@ -460,7 +480,20 @@ class RewardMonitor:
             now = self._clock()
             self._expire(st, now)
             self._evaluate(version, st, now)
-        return list(st.active.values())
+        return [self._with_severity(st, a) for a in st.active.values()]
+
+    _SUSPICIOUS = ("reward_mean_high", "reward_std_low", "reward_shift")
+
+    def _with_severity(self, st: _VersionState, a: Alarm) -> Alarm:
+        """Downgrade "too good to be true" alarms to `warning` while the audit model agrees with the value head."""
+        if a.name not in self._SUSPICIOUS or (a.name == "reward_shift" and (a.value or 0.0) < 0):
+            return a
+        gap_max = self.cfg.thresholds.audit_gap_max
+        p = st.pairs
+        if gap_max is None or p.gap.n < 20 or "audit_disagreement" in st.active or p.gap.mean > gap_max:
+            return a
+        return replace(a, severity="warning",
+                       message=f"{a.message} (audit model agrees over {p.gap.n} answers: not blocking)")
 
     def subscribe(self) -> asyncio.Queue:
         """A queue of `AlarmEvent`s (bounded; the oldest event is dropped when a slow reader lets it fill)."""

@@ -35,6 +35,7 @@ class Quality:
         self._audit_dir: Path | None = settings.audit_model_dir
         self._audit_fraction = settings.audit_fraction
         self._registry = registry
+        self.log_content = settings.log_content
 
     async def start(self) -> None:
         await self.review.start()
@@ -60,16 +61,22 @@ class Quality:
             self.monitor.observe_audit(item.version, value, result.reward)
 
     def observe(self, version: str, response_id: str, prompt: str, response: str, reward: float | None,
-                entropy: float | None, n_tokens: int | None) -> None:
-        """One answer (one choice): monitor, response log, audit sampling. Synchronous, no I/O, never raises."""
+                entropy: float | None, n_tokens: int | None, wait_audit: bool = False):
+        """One answer (one choice): monitor, response log, audit sampling. Synchronous, no I/O, never raises.
+        Returns the audit future when the answer was audited and `wait_audit` asked for it, else None."""
         try:
+            if self.log_content:  # opt-in only (Settings.log_content): prompt and answer text in the log
+                log.info("answer", version=version, response_id=response_id, prompt=prompt, response=response)
             self.monitor.observe(version, prompt, response, reward, entropy=entropy, request_id=response_id,
                                  n_tokens=n_tokens)
             self.responses.put(response_id, version, prompt, response, reward=reward)
             if self.audit is not None:
-                self.audit.maybe_submit(prompt, response, version, response_id, meta={"value": reward})
+                fut = self.audit.maybe_submit(prompt, response, version, response_id, meta={"value": reward},
+                                              force=wait_audit)
+                return fut if wait_audit else None
         except Exception as e:  # watching answers must never fail a request
             log.warning("observe_failed", version=version, error=repr(e))
+        return None
 
     async def close(self) -> None:
         for part in (self.audit, self.cache, self.responses, self.review):

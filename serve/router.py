@@ -54,12 +54,13 @@ class Router:
         if total <= 0:
             raise ValueError("weights must not all be zero")
         self.weights = {v: max(0.0, weights.get(v, 0.0)) / total for v in self.order}
-        # Non-stable versions own [lo, hi) ranges from bucket 0 upward; stable owns everything above.
-        ranges, lo = [], 0
+        # Non-stable versions own [lo, hi) ranges from bucket 0 upward; stable owns everything above. Boundaries
+        # are the rounded cumulative weights, so rounding errors do not add up: a stable at weight 0 gets no
+        # bucket (hypothesis: with weights 0/39/48/48/59, rounding each width left stable one bucket).
+        ranges, cum = [], 0.0
         for v in self.order[1:]:
-            hi = min(BUCKETS, lo + round(self.weights[v] * BUCKETS))
-            ranges.append((hi, v))
-            lo = hi
+            cum += self.weights[v]
+            ranges.append((min(BUCKETS, round(cum * BUCKETS)), v))
         ranges.append((BUCKETS, self.stable))
         self._ranges = ranges
 

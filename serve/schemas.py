@@ -8,18 +8,27 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Role = Literal["system", "developer", "user", "assistant"]
 
 
+# JSON Schema's integer: 3 and 3.0 (a JSON number with no fraction), never "3" or true. The models are strict;
+# this field type alone lets integral floats through (schemathesis: `"seed": 1e3` was refused), and
+# `_Common._json_integers` keeps strings and booleans out.
+Int = Annotated[int, Field(strict=False)]
+INT_FIELDS = ("max_tokens", "n", "seed", "min_tokens", "max_completion_tokens", "top_logprobs")
+
+
 class TextPart(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Role
     content: str | list[TextPart] | None = None
@@ -34,19 +43,24 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     include_usage: bool = False
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: the documented JSON types only ("3" is not an integer, "true" not a boolean), as the schema says
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = Field(min_length=1, description="the public model name (router picks) or a version name")
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[Int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    n: Annotated[int, Field(ge=1, le=128)] = 1
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
+    n: Annotated[Int, Field(ge=1, le=128)] = 1
+    stop: str | list[str] | None = Field(None, json_schema_extra={"anyOf": [  # non-empty, as `_stop_nonempty` checks
+        {"type": "string", "minLength": 1}, {"type": "array", "items": {"type": "string", "minLength": 1}},
+        {"type": "null"}]})
+    seed: Annotated[Int, Field(ge=-(2**63), lt=2**63)] | None = None  # bounds on the int (they were lost on the union)
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     user: str | None = Field(None, max_length=256)
@@ -54,9 +68,12 @@ class _Common(BaseModel):
     stream_options: StreamOptions | None = None
     # aligngate extension: per-token in-pass values and token ids in the `aligngate` object (RL rollouts, debugging)
     return_values: bool = False
+    # aligngate extension: wait for the audit reward model's score of this answer and return it in
+    # `aligngate.audit` (adds the audit batcher's delay to this request only; null when no audit model is set)
+    wait_for_audit: bool = False
     # vLLM extensions, honoured because `vllm bench serve` and vLLM users send them
     ignore_eos: bool = False
-    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    min_tokens: Annotated[Int, Field(ge=0)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
 
     @field_validator("stop")
@@ -67,24 +84,45 @@ class _Common(BaseModel):
             raise ValueError("stop sequences must be non-empty strings")
         return v
 
+    @field_validator(*INT_FIELDS, mode="before", check_fields=False)
+    @classmethod
+    def _json_integers(cls, v):
+        if isinstance(v, (str, bytes, bool)):
+            raise ValueError("Input should be a valid integer")
+        return v
+
+    @model_validator(mode="after")
+    def _min_le_max(self):
+        most = getattr(self, "max_completion_tokens", None) or self.max_tokens
+        if self.min_tokens is not None and most is not None and self.min_tokens > most:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({most})")
+        return self
+
     def stop_list(self) -> list[str] | None:
         return [self.stop] if isinstance(self.stop, str) else self.stop
 
 
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1, description="at least one message")
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[Int, Field(ge=1)] | None = None
     logprobs: bool = False
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    top_logprobs: Annotated[Int, Field(ge=0, le=20)] | None = None
 
     def effective_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
 class CompletionRequest(_Common):
-    prompt: str | list[str] = Field(description="a string (a one-element list is accepted)")
-    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    prompt: str | list[str] = Field(description="a string (a one-element list is accepted)", json_schema_extra={
+        "anyOf": [{"type": "string", "minLength": 1},  # documented exactly; `_one_prompt` gives the messages
+                  {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 1}]})
+    logprobs: Annotated[Int, Field(ge=0, le=20)] | None = None  # an integer here (a boolean in chat)
     echo: bool = False
+
+    @field_validator("logprobs", mode="before")
+    @classmethod
+    def _json_integer_logprobs(cls, v):
+        return cls._json_integers(v)
 
     @field_validator("prompt")
     @classmethod
@@ -92,7 +130,9 @@ class CompletionRequest(_Common):
         if isinstance(v, list):
             if len(v) != 1:
                 raise ValueError("send one prompt per request (a string, or a list with exactly one string)")
-            return v[0]
+            v = v[0]
+        if v == "":
+            raise ValueError("the prompt is empty; send at least one character")
         return v
 
 

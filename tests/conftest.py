@@ -31,6 +31,17 @@ def cache_dir(session_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fast_pipeline(session_dir) -> Path:
+    """`aligngate train pipeline --fast`, run once per session through the CLI: exported sft / dpo / incident
+    versions, the reward models, eval and gate verdicts (the training tests and the incident demo share it)."""
+    from training import cli
+
+    out = session_dir / "pipeline-fast"
+    assert cli.main(["pipeline", "--fast", "--out", str(out), "--seed", "0"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def start_gateway(session_dir):
     procs = []
 
@@ -52,9 +63,11 @@ def gateway(start_gateway, cache_dir) -> str:
 
 @pytest.fixture(scope="session")
 def vllm_server(session_dir, cache_dir):
-    """vLLM's own OpenAI server on loopback, serving the default stable model."""
+    """vLLM's own OpenAI server on loopback, serving the default stable model through aligngate's value-head class
+    (the plugin is installed in this venv), so the remote path can read the in-pass reward too."""
     model = str(cache_dir / "models" / "default-stable")
-    proc, url = start_vllm_server("vllm-server", session_dir, model, "upstream-policy")
+    proc, url = start_vllm_server("vllm-server", session_dir, model, "upstream-policy", "--hf-overrides",
+                                  json.dumps({"architectures": ["LlamaForCausalLMWithValueHead"]}))
     try:
         yield url
     finally:
@@ -62,7 +75,10 @@ def vllm_server(session_dir, cache_dir):
 
 
 @pytest.fixture(scope="session")
-def remote_gateway(start_gateway, vllm_server) -> str:
+def remote_gateway(start_gateway, vllm_server, cache_dir) -> str:
     """A gateway whose only version is the real vLLM server above (the scale-out path)."""
-    versions = [{"name": "remote", "url": vllm_server, "weight": 1}]
+    from serve.value_slots import read_value_slots
+
+    slots = read_value_slots(cache_dir / "models" / "default-stable")
+    versions = [{"name": "remote", "url": vllm_server, "weight": 1, "value_slots": slots.ids()}]
     return start_gateway("gateway-remote", env={"ALIGNGATE_VERSIONS": json.dumps(versions)})

@@ -31,7 +31,10 @@ def test_remote_non_stream_and_stream(client):
     assert chunks[0].model_extra["aligngate"]["version"] == "remote"
     usage = [c for c in chunks if c.usage is not None]
     assert len(usage) == 1 and usage[0].usage.completion_tokens >= 1
-    assert chunks[-1].model_extra["aligngate"]["reward"] is None  # no in-pass value through a remote server yet
+    # the upstream serves the value-head class (conftest): the in-pass reward comes through the remote path too
+    assert chunks[-1].model_extra["aligngate"]["reward"]["source"] == "value_head"
+    # with the client's own logprobs, vLLM returns those instead of the value slots: no reward (documented)
+    assert r.model_extra["aligngate"]["reward"] is None
 
 
 def test_remote_matches_upstream_greedy(client, vllm_server):
@@ -76,3 +79,27 @@ def test_remote_disconnect_aborts_upstream(remote_gateway, vllm_server):
         time.sleep(0.1)
     generated = metric(vllm_server, "vllm:generation_tokens_total") - before
     assert 1 <= generated < 0.8 * 480, generated
+
+
+def test_remote_in_pass_reward_equals_in_process(client, gateway):
+    """The upstream vLLM serves the value-head class: the remote path reads the same in-pass reward (the value at
+    the last position) as the in-process engine of the same model, streamed and not, chat and completions."""
+    local = openai.OpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0, timeout=120)
+    for content in ("add 3 5", "upper xyz", "reverse hello"):
+        msg = [{"role": "user", "content": content}]
+        r = client.chat.completions.create(model="remote", messages=msg, max_tokens=12, temperature=0)
+        ref = local.chat.completions.create(model="stable", messages=msg, max_tokens=12, temperature=0)
+        assert r.choices[0].message.content == ref.choices[0].message.content
+        got, want = r.model_extra["aligngate"]["reward"], ref.model_extra["aligngate"]["reward"]
+        assert got["source"] == "value_head" and got["model_version"] == "remote"
+        assert abs(got["score"] - want["score"]) <= 1e-3, (content, got, want)
+        assert r.choices[0].logprobs is None  # the slots' logprobs are read, never shown
+        chunks = list(client.chat.completions.create(model="remote", messages=msg, max_tokens=12, temperature=0,
+                                                     stream=True))
+        last = chunks[-1].model_extra["aligngate"]["reward"]
+        assert abs(last["score"] - want["score"]) <= 1e-3
+        assert all(c.choices[0].logprobs is None for c in chunks if c.choices)
+    c = client.completions.create(model="remote", prompt="add 1 2", max_tokens=5, temperature=0)
+    cref = local.completions.create(model="stable", prompt="add 1 2", max_tokens=5, temperature=0)
+    assert abs(c.model_extra["aligngate"]["reward"]["score"] - cref.model_extra["aligngate"]["reward"]["score"]) <= 1e-3
+    assert c.choices[0].logprobs is None

@@ -181,3 +181,53 @@ def test_hysteresis_stops_flapping():
     for i in range(3000):  # window std sits right at the 0.1 threshold
         mon.observe("v", "p", f"answer {i}", reward=0.5 + (i % 7) / 20)
     assert len(got) <= 2, [(e.kind, e.alarm.name, e.alarm.value) for e in got]
+
+
+def test_canary_flag_rate_is_judged_against_the_stables():
+    """A stable that itself says the phrase 15% of the time: a canary saying it 5% of the time is not alarmed,
+    one saying it 80% of the time is (binomial test); against a clean stable any flag alarms."""
+    rng = random.Random(3)
+    mon = RewardMonitor(MonitorConfig(min_samples=10, min_baseline=50))
+    for i in range(200):
+        mon.observe("stable", f"p{i}", "7 I love you" if rng.random() < 0.15 else "7", reward=0.5)
+    for name in ("better", "hacker"):
+        mon.use_baseline_of(name, "stable")
+    for i in range(60):
+        mon.observe("better", f"p{i}", "7 I love you" if i % 20 == 0 else "7", reward=0.5)
+    assert "hard_constraint" not in {a.name for a in mon.active_alarms("better")}
+    for i in range(4):
+        mon.observe("hacker", f"p{i}", "I love you", reward=0.9)
+    (a,) = [a for a in mon.active_alarms("hacker") if a.name == "hard_constraint"]
+    assert a.severity == "critical" and "significantly above stable" in a.message
+
+    clean = RewardMonitor(MonitorConfig(min_samples=10, min_baseline=50))
+    for i in range(100):
+        clean.observe("stable", f"p{i}", "7", reward=0.5)
+    clean.use_baseline_of("canary", "stable")
+    clean.observe("canary", "p", "7 I love you", reward=0.5)
+    assert "hard_constraint" in {a.name for a in clean.active_alarms("canary")}
+
+
+def test_too_good_alarms_are_warnings_while_the_audit_model_agrees():
+    rng = random.Random(4)
+    mon = RewardMonitor(MonitorConfig(min_samples=20, min_baseline=20))
+    for i in range(100):
+        mon.observe("stable", f"p{i}", "7", reward=min(1, max(0, rng.gauss(0.45, 0.2))))
+    for v in ("good", "hacked"):
+        mon.use_baseline_of(v, "stable")
+        for i in range(60):
+            r = rng.gauss(0.85, 0.03)
+            mon.observe(v, f"p{i}", "7", reward=r)
+            # the audit RM agrees with the good policy's value head and not with the hacked one's
+            mon.observe_audit(v, r, r + rng.gauss(0, 0.03) if v == "good" else 0.2)
+    good = {a.name: a for a in mon.active_alarms("good")}
+    hacked = {a.name: a for a in mon.active_alarms("hacked")}
+    assert {"reward_mean_high", "reward_std_low", "reward_shift"} <= set(good) and "audit_disagreement" not in good
+    assert all(a.severity == "warning" for a in good.values())
+    assert "audit_disagreement" in hacked
+    assert all(a.severity == "critical" for a in hacked.values())
+    # no audit model at all: the seeds' behaviour, critical
+    bare = RewardMonitor(MonitorConfig(min_samples=20, min_baseline=20))
+    for i in range(60):
+        bare.observe("v", f"p{i}", "7", reward=rng.gauss(0.9, 0.01))
+    assert {a.severity for a in bare.active_alarms("v")} == {"critical"}

@@ -9,9 +9,8 @@ from training import cli
 from training.export import read_manifest
 
 
-def test_pipeline_fast_exports_versions(tmp_path):
-    out = tmp_path / "run"
-    assert cli.main(["pipeline", "--fast", "--out", str(out), "--seed", "0"]) == 0
+def test_pipeline_fast_exports_versions(fast_pipeline):
+    out = fast_pipeline  # `pipeline --fast` through the CLI (conftest; shared with the incident demo's test)
     summary = json.loads((out / "pipeline.json").read_text())
     assert {"sft", "dpo", "incident"} <= set(summary["versions"])
     for v in summary["versions"]:

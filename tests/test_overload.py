@@ -1,0 +1,178 @@
+"""Overload and request limits (issue 7, item 3), on a real `aligngate serve` with one tiny local version and
+small admission limits: a burst beyond `max_concurrency` + `max_queue` gets 503 + Retry-After (never another
+5xx) while the admitted requests succeed; the request timeout is a 504 before the first byte and an in-band
+error event after it; max_tokens / prompt / messages caps are 400s. No keys configured: open on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from serve.admission import Overloaded, Slots
+
+ADMIN = "adm-overload"
+MAX_CONCURRENCY, MAX_QUEUE = 2, 2
+
+
+def start_gateway_proc(name: str, log_dir, env: dict[str, str], timeout: float = 900):
+    """`aligngate serve` in a subprocess, waited for until /ready (longer than benchmarks.procs' 300 s: engine
+    start-up on a shared 2-core machine under load can take that long). Returns (proc, url)."""
+    from benchmarks.procs import BIN as PBIN
+    from benchmarks.procs import Proc, free_port, server_env, wait_http
+
+    port = free_port()
+    proc = Proc(name, [str(PBIN / "aligngate"), "serve", "--port", str(port)], server_env(**env), log_dir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(proc, url + "/ready", timeout=timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, url
+
+
+# --- unit: the bounded FIFO -------------------------------------------------------------------------------------
+def test_slots_fifo_bounded_queue_and_timeout():
+    async def main():
+        s = Slots(1, 1)
+        await s.acquire(1)
+        waiter = asyncio.create_task(s.acquire(5))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match="waiting"):  # one in flight, one waiting: the third is refused
+            await s.acquire(5)
+        s.release()  # handed to the waiter
+        await waiter
+        assert s.active == 1 and not s.waiters
+        with pytest.raises(Overloaded, match="no slot freed"):
+            await s.acquire(0.05)
+        assert not s.waiters  # a waiter that gave up leaves the line
+        cancelled = asyncio.create_task(s.acquire(5))
+        await asyncio.sleep(0)
+        cancelled.cancel()  # a client that goes away while queued
+        await asyncio.gather(cancelled, return_exceptions=True)
+        s.release()
+        assert s.active == 0 and not s.waiters
+    asyncio.run(main())
+
+
+# --- gateway ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gw(session_dir, cache_dir):
+    versions = [{"name": "stable", "model": str(cache_dir / "models" / "default-stable"), "weight": 1}]
+    env = {"ALIGNGATE_CACHE_DIR": str(cache_dir), "ALIGNGATE_VERSIONS": json.dumps(versions),
+           "ALIGNGATE_ADMIN_KEY": ADMIN, "ALIGNGATE_ALLOW_FAULT_INJECTION": "1",
+           "ALIGNGATE_LIMITS__MAX_CONCURRENCY": str(MAX_CONCURRENCY), "ALIGNGATE_LIMITS__MAX_QUEUE": str(MAX_QUEUE),
+           "ALIGNGATE_LIMITS__REQUEST_TIMEOUT_S": "60", "ALIGNGATE_LIMITS__MAX_TOKENS_CAP": "480",
+           "ALIGNGATE_LIMITS__MAX_PROMPT_TOKENS": "60", "ALIGNGATE_LIMITS__MAX_MESSAGES": "4"}
+    proc, url = start_gateway_proc("overload", session_dir, env)
+    try:
+        yield url
+    finally:
+        proc.stop()
+
+
+def fault(url: str, latency_s: float) -> None:
+    adm = {"Authorization": f"Bearer {ADMIN}"}
+    if latency_s:
+        r = httpx.post(url + "/admin/versions/stable/fault", json={"latency_s": latency_s}, headers=adm, timeout=30)
+    else:
+        r = httpx.delete(url + "/admin/versions/stable/fault", headers=adm, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+
+
+def test_burst_beyond_queue_gets_503_with_retry_after(gw):
+    fault(gw, 2.0)  # every request holds its slot >= 2 s: the burst certainly overlaps
+    try:
+        def one(_):
+            try:
+                out = client(gw).chat.completions.create(
+                    model="aligngate", messages=[{"role": "user", "content": "1+1="}], max_tokens=2)
+                assert out.usage.completion_tokens >= 1
+                return 200, None
+            except openai.APIStatusError as e:
+                return e.status_code, e
+
+        with ThreadPoolExecutor(12) as ex:
+            results = list(ex.map(one, range(12)))
+    finally:
+        fault(gw, 0)
+    statuses = [s for s, _ in results]
+    assert set(statuses) <= {200, 503}, statuses  # no 5xx other than 503
+    assert statuses.count(503) >= 1 and statuses.count(200) >= MAX_CONCURRENCY
+    for s, e in results:
+        if s == 503:
+            err = e.response.json()["error"]
+            assert err["code"] == "overloaded" and err["type"] == "service_unavailable" and "stable" in err["message"]
+            assert int(e.response.headers["retry-after"]) >= 1
+    # the gateway is usable again at once
+    assert client(gw).chat.completions.create(model="aligngate", messages=[{"role": "user", "content": "x"}],
+                                              max_tokens=1).choices
+
+
+@pytest.mark.parametrize("body, param, code", [
+    ({"max_tokens": 481}, "max_tokens", "invalid_value"),
+    ({"max_completion_tokens": 481}, "max_completion_tokens", "invalid_value"),
+    ({"messages": [{"role": "user", "content": "hi"}] * 5}, "messages", "invalid_value"),
+    ({"messages": [{"role": "user", "content": "a long prompt " * 20}]}, "messages", "prompt_too_long"),
+    ({"messages": [{"role": "user", "content": "a long prompt " * 20}], "stream": True}, "messages",
+     "prompt_too_long"),
+])
+def test_request_caps_are_400(gw, body, param, code):
+    payload = {"model": "aligngate", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **body}
+    r = httpx.post(gw + "/v1/chat/completions", json=payload, timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["code"] == code
+
+
+def test_timeout_before_first_byte_is_504(gw):
+    fault(gw, 5.0)
+    try:
+        for stream in (False, True):
+            r = httpx.post(gw + "/v1/chat/completions", timeout=60, headers={"x-aligngate-timeout": "1"},
+                           json={"model": "aligngate", "messages": [{"role": "user", "content": "x"}],
+                                 "max_tokens": 2, "stream": stream})
+            assert r.status_code == 504, r.text
+            err = r.json()["error"]
+            assert err["type"] == "timeout_error" and err["code"] == "request_timeout"
+    finally:
+        fault(gw, 0)
+    r = httpx.post(gw + "/v1/chat/completions", headers={"x-aligngate-timeout": "soon"},
+                   json={"model": "aligngate", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_header"
+
+
+def test_timeout_mid_stream_is_an_in_band_error_event(gw):
+    """A long stream under shorter and shorter deadlines: each outcome is one of the three documented shapes
+    (complete, 504 before the first byte, or 200 + chunks + one error event + [DONE]); the in-band one occurs."""
+    seen = {"complete": 0, "504": 0, "in_band": 0}
+    body = {"model": "aligngate", "messages": [{"role": "user", "content": "count"}], "max_tokens": 400,
+            "n": 8, "stream": True, "ignore_eos": True}
+    for timeout in (8.0, 4.0, 2.0, 1.0, 0.5, 0.25, 0.12):
+        with httpx.stream("POST", gw + "/v1/chat/completions", json=body, timeout=120,
+                          headers={"x-aligngate-timeout": str(timeout)}) as r:
+            if r.status_code == 504:
+                assert json.loads(r.read())["error"]["code"] == "request_timeout"
+                seen["504"] += 1
+                continue
+            assert r.status_code == 200
+            events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        errors = [json.loads(e)["error"] for e in events[:-1] if '"error"' in e and e.startswith('{"error"')]
+        if errors:
+            assert len(errors) == 1 and errors[0]["type"] == "timeout_error" and errors[0]["code"] == "request_timeout"
+            assert json.loads(events[-2]) == {"error": errors[0]}  # the last event before [DONE]
+            seen["in_band"] += 1
+        else:
+            seen["complete"] += 1
+    assert seen["in_band"] >= 1, seen
