@@ -94,7 +94,7 @@ class RemoteEngine(Engine):
         """Wait until an upstream lists its models (it may still be loading), then mark ready. Backends that do
         not answer yet stay marked down; the supervisor's probe brings them in when they do."""
         delay = 0.5
-        while True:
+        while not self.client.is_closed:  # stop() closes the client: an unloaded version stops polling
             results = await asyncio.gather(*(self._models(b, 5.0) for b in self.backends), return_exceptions=True)
             for b, ids in zip(self.backends, results):
                 if isinstance(ids, BaseException):
@@ -112,6 +112,7 @@ class RemoteEngine(Engine):
             log.info("remote_not_up_yet", version=self.name, errors={b.base: b.last_error for b in self.backends})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+        raise EngineNotReady(f"version {self.name!r} was stopped before an upstream answered")
 
     async def stop(self) -> None:
         self.ready = False

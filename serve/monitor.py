@@ -30,7 +30,8 @@ Alarms (defaults = the seeds' thresholds, DESIGN.md "Formulas"; every one config
                      alarm at p < `thresholds.flag_alpha` (0.01). With a clean reference that is still "any flag"; with a
                      stable that itself says the phrase 13% of the time, a canary that says it less is not blocked
   repetition_high    mean repeated-n-gram fraction > 0.5 (word 3-grams)
-  audit_disagreement mean |value-head reward − audit reward| > 0.25 over the window of audited answers
+  audit_disagreement mean |value-head reward − audit reward| > 0.25 over the window of audited answers (for a
+                     compared version: > max(0.25, the reference's own mean gap + 0.15))
                      (Pearson correlation is exported, and alarms only if `audit_corr_min` is set)
 Severity: every alarm is `critical` (it fails a canary's gate) except the "too good to be true" ones -
 reward_mean_high, reward_std_low and an upward reward_shift - while an audit reward model corroborates the value
@@ -106,6 +107,7 @@ class Thresholds:
     flag_alpha: float = 0.01  # level of the canary-vs-reference flag-rate test
     repetition_mean_max: float | None = 0.5
     audit_gap_max: float | None = 0.25
+    audit_gap_margin: float = 0.15  # a compared version: alarm above max(audit_gap_max, reference's gap + this)
     audit_corr_min: float | None = None
 
 
@@ -416,7 +418,7 @@ class RewardMonitor:
         p = st.pairs
         if p.gap.n >= min(ms, 20):
             if t.audit_gap_max is not None:
-                yield "audit_disagreement", "above", p.gap.mean, p.gap.mean, t.audit_gap_max, p.gap.n, \
+                yield "audit_disagreement", "above", p.gap.mean, p.gap.mean, self._audit_gap_limit(st), p.gap.n, \
                     "value head and audit reward model disagree"
             if t.audit_corr_min is not None and math.isfinite(p.corr):
                 yield "audit_low_correlation", "below", p.corr, p.corr, t.audit_corr_min, p.gap.n, \
@@ -482,13 +484,25 @@ class RewardMonitor:
             self._evaluate(version, st, now)
         return [self._with_severity(st, a) for a in st.active.values()]
 
+    def _audit_gap_limit(self, st: _VersionState) -> float | None:
+        """The audit-disagreement threshold. For a version compared with a reference (canary vs stable), never
+        stricter than the reference's own disagreement plus `audit_gap_margin`: a small audit model is noisy (here
+        its per-answer reward has twice the spread of the value head's), so stable itself sits near 0.2."""
+        t = self.cfg.thresholds
+        if t.audit_gap_max is None:
+            return None
+        ref = self._v.get(st.baseline_of) if st.baseline_of is not None else None
+        if ref is not None and ref.pairs.gap.n >= 20:
+            return max(t.audit_gap_max, ref.pairs.gap.mean + t.audit_gap_margin)
+        return t.audit_gap_max
+
     _SUSPICIOUS = ("reward_mean_high", "reward_std_low", "reward_shift")
 
     def _with_severity(self, st: _VersionState, a: Alarm) -> Alarm:
         """Downgrade "too good to be true" alarms to `warning` while the audit model agrees with the value head."""
         if a.name not in self._SUSPICIOUS or (a.name == "reward_shift" and (a.value or 0.0) < 0):
             return a
-        gap_max = self.cfg.thresholds.audit_gap_max
+        gap_max = self._audit_gap_limit(st)
         p = st.pairs
         if gap_max is None or p.gap.n < 20 or "audit_disagreement" in st.active or p.gap.mean > gap_max:
             return a

@@ -231,3 +231,24 @@ def test_too_good_alarms_are_warnings_while_the_audit_model_agrees():
     for i in range(60):
         bare.observe("v", f"p{i}", "7", reward=rng.gauss(0.9, 0.01))
     assert {a.severity for a in bare.active_alarms("v")} == {"critical"}
+
+
+def test_canary_audit_gap_is_judged_against_the_stables():
+    """A noisy audit model: stable's own mean |value - audit| is ~0.2. A canary as noisy is not alarmed; one whose
+    value head says 0.85 where the audit model says 0.2 is."""
+    rng = random.Random(5)
+    mon = RewardMonitor(MonitorConfig(min_samples=20, min_baseline=20))
+    for i in range(100):
+        r = rng.uniform(0.2, 0.7)
+        mon.observe("stable", f"p{i}", "7", reward=r)
+        mon.observe_audit("stable", r, min(1, max(0, r + rng.choice([-0.24, 0.24]))))
+    for v in ("noisy", "hacked"):
+        mon.use_baseline_of(v, "stable")
+    for i in range(60):
+        r = rng.uniform(0.3, 0.8)
+        mon.observe("noisy", f"p{i}", "7", reward=r)
+        mon.observe_audit("noisy", r, r + rng.choice([-0.27, 0.27]))  # 0.27 > 0.25, but only 0.03 above stable
+        mon.observe("hacked", f"p{i}", "7", reward=0.85)
+        mon.observe_audit("hacked", 0.85, 0.2)
+    assert "audit_disagreement" not in {a.name for a in mon.active_alarms("noisy")}
+    assert "audit_disagreement" in {a.name for a in mon.active_alarms("hacked")}
