@@ -340,11 +340,17 @@ def plot(run: ScenarioRun, summary: dict, path: Path) -> None:
     axes[2].set_ylabel("oracle score")
     axes[3].set_ylabel('"I love you" rate')
     axes[3].set_xlabel("seconds since the rollout started")
+    at: dict[float, list[dict]] = {}  # alarms first seen at the same poll share one label
     for e in run.events:
         if e["what"] == "alarm" and e["version"] == run.candidate:
-            for ax in axes:
-                ax.axvline(e["t"], color="orange" if e["severity"] == "critical" else "gold", lw=0.8, alpha=0.7)
-            axes[0].annotate(f"{e['alarm']} ({e['severity']})", (e["t"], 0.95), rotation=90, fontsize=7, va="top")
+            at.setdefault(e["t"], []).append(e)
+    for t, es in at.items():
+        critical = any(e["severity"] == "critical" for e in es)
+        for ax in axes:
+            ax.axvline(t, color="orange" if critical else "gold", lw=0.8, alpha=0.7)
+        label = "\n".join(f"{e['alarm']} ({e['severity']})" for e in es)
+        axes[0].annotate(label, (t, 0.95), rotation=90, fontsize=6, va="top")
+    for e in run.events:
         if e["what"] in ("rolled_back", "promoted"):
             for ax in axes:
                 ax.axvline(e["t"], color="red" if e["what"] == "rolled_back" else "green", lw=1.5)
