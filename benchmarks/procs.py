@@ -89,13 +89,14 @@ def wait_http(proc: Proc, url: str, ok=lambda r: r.status_code == 200, timeout: 
 
 
 def start_aligngate(name: str, log_dir: Path, *args: str, env: dict[str, str] | None = None,
-                    wait: str = "ready", port: int | None = None) -> tuple[Proc, str]:
+                    wait: str = "ready", port: int | None = None, timeout: float = 300) -> tuple[Proc, str]:
+    """`aligngate serve` in a child process, waited for until /ready (or /health); stopped if it never gets there."""
     port = port or free_port()
     cmd = [str(BIN / "aligngate"), "serve", "--port", str(port), *args]
     proc = Proc(name, cmd, server_env(**(env or {})), log_dir)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(proc, url + ("/ready" if wait == "ready" else "/health"), timeout=300)
+        wait_http(proc, url + ("/ready" if wait == "ready" else "/health"), timeout=timeout)
     except BaseException:  # never leave a half-started server behind
         proc.stop()
         raise

@@ -9,6 +9,8 @@ for inference (and the other way round), one rpm limit shared by both replicas, 
 
 from __future__ import annotations
 
+from benchmarks.procs import start_aligngate
+
 import asyncio
 import hashlib
 import json
@@ -219,21 +221,9 @@ KEYS = {"full": "sk-full", "rpm": "sk-rpm", "tpm": "sk-tpm", "conc": "sk-conc", 
 SHARED_RPM = 40
 
 
-def start_gateway_proc(name: str, log_dir, env: dict[str, str], timeout: float = 900):
-    """`aligngate serve` in a subprocess, waited for until /ready (longer than benchmarks.procs' 300 s: engine
-    start-up on a shared 2-core machine under load can take that long). Returns (proc, url)."""
-    from benchmarks.procs import BIN as PBIN
-    from benchmarks.procs import Proc, free_port, server_env, wait_http
-
-    port = free_port()
-    proc = Proc(name, [str(PBIN / "aligngate"), "serve", "--port", str(port)], server_env(**env), log_dir)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(proc, url + "/ready", timeout=timeout)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, url
+def start_gateway_proc(name: str, log_dir, env: dict[str, str]):
+    # engine start-up on a shared 2-core machine under load can take longer than the default 300 s
+    return start_aligngate(name, log_dir, env=env, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ rollback on injected errors and on injected latency, and a clean canary promoted
 
 from __future__ import annotations
 
+from tests.waits import wait_for as _wait
+
 import asyncio
 import json
 import math
@@ -117,16 +119,6 @@ async def test_injected_fault_rolled_back_automatically(canary_gw, kind):
 def _chat(url: str, model: str = "aligngate", **extra) -> httpx.Response:
     return httpx.post(url + "/v1/chat/completions", timeout=60, json={
         "model": model, "messages": [{"role": "user", "content": "3+4="}], "max_tokens": 2, **extra})
-
-
-def _wait(pred, timeout: float, what: str, step: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(step)
 
 
 def test_register_exported_dir_gate_force_drain_unload(canary_gw, tiny_model, tmp_path):

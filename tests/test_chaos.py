@@ -14,6 +14,8 @@ The tests share the gateway in this order (the last one ends it). Few engine sta
 
 from __future__ import annotations
 
+from tests.waits import wait_for as _wait
+
 import asyncio
 import json
 import signal
@@ -34,16 +36,6 @@ def admin(url: str, method: str, path: str, body: dict | None = None) -> dict:
     r = httpx.request(method, url + path, json=body, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60)
     r.raise_for_status()
     return r.json()
-
-
-def _wait(pred, timeout: float, what: str, step: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(step)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ guard, and a real gateway in front of a real vLLM server whose backends become u
 
 from __future__ import annotations
 
+from tests.waits import wait_for as _wait
+
 import asyncio
 import contextlib
 import json
@@ -396,16 +398,6 @@ class TcpProxy:
         with contextlib.suppress(Exception):
             self.stop()
         self.loop.call_soon_threadsafe(self.loop.stop)
-
-
-def _wait(pred, timeout: float, what: str, step: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(step)
 
 
 def _ready(url: str) -> dict:
