@@ -432,7 +432,8 @@ async def _stream(call: Call, agen: AsyncIterator[Step], first: Step) -> AsyncIt
     try:
         for d in first.deltas:
             track(d)
-            yield chunker.chunk(d)
+        if first.deltas:  # one write per step: a step may carry several events (serve/engine_remote.py)
+            yield b"".join([chunker.chunk(d) for d in first.deltas])
         deadline = call.deadline
         while True:  # not `async for`: each step is awaited under the request's deadline
             try:
@@ -444,14 +445,14 @@ async def _stream(call: Call, agen: AsyncIterator[Step], first: Step) -> AsyncIt
             last = now
             for d in step.deltas:
                 track(d)
-                yield chunker.chunk(d)
-        if call.include_usage:
-            yield chunker.usage_chunk(step.prompt_tokens, step.completion_tokens)
+            if step.deltas:
+                yield b"".join([chunker.chunk(d) for d in step.deltas])
         vm.tokens.inc(step.completion_tokens)
-        # the reward rides in one extra chunk after the last token: it never delays the first token
+        # the reward rides in one extra chunk after the last token: it never delays the first token; usage, reward
+        # and [DONE] go out in one write
+        tail = chunker.usage_chunk(step.prompt_tokens, step.completion_tokens) if call.include_usage else b""
         rewards = await _within(deadline, call.rewards(step.prompt_token_ids))
-        yield chunker.extra_chunk({"aligngate": {"version": version, **_reward_extra(call, rewards)}})
-        yield fmt.DONE
+        yield tail + chunker.extra_chunk({"aligngate": {"version": version, **_reward_extra(call, rewards)}}) + fmt.DONE
     except RequestTimeout:  # headers are sent: the timeout is reported in-band, like an engine failure
         call.status = "504"
         gw.metrics.errors.labels(version, "timeout").inc()
