@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--one-at-a-time", action="store_true",
                    help="start each engine-backed system only while it runs (always on with a GPU profile: two "
                         "engines cannot share one 16 GB T4); rounds then go A: all rates, B: all rates, B, A, ...")
+    p.add_argument("--admission", choices=["adaptive", "fifo"], default="adaptive",
+                   help="overload: the gateway's latency-bounded admission (limits.adaptive, serve/adaptive.py; "
+                        "default) or the plain bounded FIFO queue (limits.max_queue)")
     p.add_argument("--reward-floor", type=float, help="reward-goodput floor instead of the profile's")
     p.add_argument("--no-readme", action="store_true", help="do not refresh benchmarks/README.md")
     return p
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Ctx(scenario=args.scenario, prof=prof, smoke=args.smoke, model=args.model or H.default_model(), out=out,
               argv=argv, dataset=args.dataset or ("chat" if args.scenario in ("vs-litellm", "cache") else "random"),
               vllm_urls=[u.rstrip("/") for u in args.vllm_url], engine=args.engine, vllm_servers=args.vllm_servers,
-              exclusive=args.one_at_a_time or prof.needs_gpu, reward_off=args.reward_off)
+              exclusive=args.one_at_a_time or prof.needs_gpu, reward_off=args.reward_off,
+              admission=args.admission)
     try:
         result = SCENARIOS[args.scenario][0](ctx)
     except Skip as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from serve.adaptive import AdaptiveLimit
 from serve.config import Limits, VersionSpec
 
 
@@ -20,15 +21,23 @@ class Slots:
     """A FIFO semaphore with a bounded wait line. A released slot is handed to the oldest waiter directly, so a
     newcomer cannot overtake the queue."""
 
-    def __init__(self, limit: int, max_queue: int):
-        self.limit, self.max_queue = limit, max_queue
+    def __init__(self, limit: int, max_queue: int, adaptive: AdaptiveLimit | None = None):
+        self.max_limit, self.max_queue = limit, max_queue
+        self.adaptive = adaptive  # latency-bounded mode (serve/adaptive.py): the limit and the wait move
         self.active = 0
         self.waiters: deque[asyncio.Future] = deque()
+
+    @property
+    def limit(self) -> int:
+        return self.adaptive.limit if self.adaptive is not None else self.max_limit
 
     async def acquire(self, timeout_s: float) -> None:
         if self.active < self.limit and not self.waiters:
             self.active += 1
             return
+        if self.adaptive is not None:
+            self.adaptive.saturated = True
+            timeout_s = self.adaptive.queue_wait_s(timeout_s)
         if len(self.waiters) >= self.max_queue:
             raise Overloaded(f"{self.active} requests in flight and {len(self.waiters)} waiting (the limits)")
         fut = asyncio.get_running_loop().create_future()
@@ -38,7 +47,7 @@ class Slots:
                 await fut
         except BaseException as e:
             if fut.done() and not fut.cancelled():
-                self.release()  # the slot was handed over just as we gave up: pass it on
+                self._hand_over()  # the slot was handed over just as we gave up: pass it on
             else:
                 fut.cancel()
                 try:
@@ -49,13 +58,32 @@ class Slots:
                 raise Overloaded(f"no slot freed within {timeout_s:g} s") from None
             raise
 
-    def release(self) -> None:
+    def release(self, tpot_s: float | None = None, e2e_s: float | None = None) -> None:
+        """A request is done (its TPOT and end-to-end time feed the adaptive limit, when on)."""
+        if self.adaptive is not None:
+            self.adaptive.observe(tpot_s, e2e_s)
+            if self.active > self.limit:  # the limit shrank: this slot is retired, not handed on
+                self.active -= 1
+                return
+        self._hand_over()
+        if self.adaptive is not None:
+            self._wake()
+
+    def _hand_over(self) -> None:
         while self.waiters:
             fut = self.waiters.popleft()
             if not fut.done():
                 fut.set_result(None)  # the slot moves to this waiter: `active` stays the same
                 return
         self.active = max(0, self.active - 1)
+
+    def _wake(self) -> None:
+        """The limit grew: hand the new slots to the oldest waiters."""
+        while self.waiters and self.active < self.limit:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                self.active += 1
+                fut.set_result(None)
 
 
 class Admission:
@@ -68,5 +96,8 @@ class Admission:
         if s is None:
             conc = (spec.max_concurrency if spec else None) or self.limits.max_concurrency
             queue = spec.max_queue if spec and spec.max_queue is not None else self.limits.max_queue
-            s = self.slots[name] = Slots(conc, queue)
+            a = self.limits.adaptive
+            adaptive = None if a is None else AdaptiveLimit(conc, a.min_concurrency, a.tolerance,
+                                                            queue_wait_share=a.queue_wait_share)
+            s = self.slots[name] = Slots(conc, queue, adaptive)
         return s

@@ -146,8 +146,8 @@ async def _admit(gw: Gateway, guards: Guards, key: KeyPolicy | None, engine: Eng
         guards.limiter.release(lease, refund=True)
         raise
 
-    def release(used_tokens: int | None) -> None:
-        slots.release()
+    def release(used_tokens: int | None, tpot_s: float | None = None, e2e_s: float | None = None) -> None:
+        slots.release(tpot_s, e2e_s)
         guards.limiter.release(lease, used_tokens)
 
     return release
@@ -247,8 +247,9 @@ class Call:
     ttft: float | None = None
     status: str = "200"
     deadline: float = float("inf")  # loop time
-    release: Callable[[int | None], None] | None = None  # admission slot and key lease
+    release: Callable[..., None] | None = None  # admission slot and key lease
     used_tokens: int | None = None  # prompt + completion, when known: corrects the tpm reservation
+    completion_tokens: int = 0
     wait_audit: bool = False
     audits: list | None = None  # per choice: the audit model's result (when the client waited for it)
 
@@ -259,11 +260,14 @@ class Call:
     def done(self) -> None:
         """Metrics and stats of a request that has ended, however it ended (exactly once per request)."""
         name = self.engine.name
+        e2e = time.perf_counter() - self.t0
         if self.release is not None:
-            self.release(self.used_tokens)
+            ok = self.status == "200"
+            tpot = ((e2e - self.ttft) / (self.completion_tokens - 1)
+                    if ok and self.ttft is not None and self.completion_tokens > 1 else None)
+            self.release(self.used_tokens, tpot, e2e if ok else None)
         self.gw.metrics.version(name).in_flight.dec()
         self.gw.metrics.requests.labels(name, self.endpoint, self.status).inc()
-        e2e = time.perf_counter() - self.t0
         if self.status == "200":
             self.gw.metrics.version(name).e2e.observe(e2e)
         self.gw.stats.record(name, self.ttft, e2e if self.status == "200" else None, self.status)
@@ -366,6 +370,7 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
                                      headers={**headers, "Cache-Control": "no-cache"})
         acc, step = await _within(deadline, _until_disconnect(request, _collect(call, agen, first)))
         call.used_tokens = step.prompt_tokens + step.completion_tokens
+        call.completion_tokens = step.completion_tokens
         _check_prompt_tokens(gw, call.kind, step.prompt_tokens)
         rewards = await _within(deadline, call.rewards(step.prompt_token_ids))
         extra = {"aligngate": {**call.extra["aligngate"], **_reward_extra(call, rewards)}}
@@ -471,5 +476,6 @@ async def _stream(call: Call, agen: AsyncIterator[Step], first: Step) -> AsyncIt
     finally:
         if call.used_tokens is None and step.prompt_tokens:
             call.used_tokens = step.prompt_tokens + step.completion_tokens
+        call.completion_tokens = step.completion_tokens
         await agen.aclose()
         call.done()

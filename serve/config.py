@@ -60,6 +60,16 @@ class VersionSpec(BaseModel):
         return list(dict.fromkeys([u for u in (self.url, *self.urls) if u]))
 
 
+class AdaptiveLimits(BaseModel):
+    """Latency-bounded admission per version (serve/adaptive.py): the concurrency limit adapts to keep the time
+    per output token within `tolerance` x the version's best recent TPOT, and a queued request waits at most
+    `queue_wait_share` x the recent median end-to-end time before a 503."""
+
+    tolerance: float = Field(1.3, gt=1.0, description="recent TPOT / baseline TPOT above which the limit shrinks")
+    min_concurrency: int = Field(4, ge=1, description="the limit never goes below this")
+    queue_wait_share: float = Field(0.25, gt=0, description="longest queue wait, as a share of the median E2E")
+
+
 class Limits(BaseModel):
     max_body_bytes: int = 1_000_000
     max_messages: int = 256
@@ -72,6 +82,8 @@ class Limits(BaseModel):
     max_concurrency: int = Field(256, ge=1, description="per version: requests in flight (engine side)")
     max_queue: int = Field(512, ge=0, description="per version: requests waiting for a slot; beyond it 503")
     queue_timeout_s: float = Field(30.0, gt=0, description="longest wait for a slot before a 503")
+    adaptive: AdaptiveLimits | None = Field(None, description="latency-bounded admission (off: a plain bounded "
+                                                              "FIFO); e.g. `adaptive: {}` for the defaults")
     request_timeout_s: float = Field(600.0, gt=0, description="whole request, queue wait included: 504 before "
                                                               "the first byte, an in-band error event after it")
     lease_ttl_s: float = Field(30.0, ge=3, description="a concurrency slot held in Redis expires this long after "

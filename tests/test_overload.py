@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from serve.adaptive import AdaptiveLimit
 from serve.admission import Overloaded, Slots
 
 ADMIN = "adm-overload"
@@ -48,6 +49,72 @@ def test_slots_fifo_bounded_queue_and_timeout():
         await asyncio.gather(cancelled, return_exceptions=True)
         s.release()
         assert s.active == 0 and not s.waiters
+    asyncio.run(main())
+
+
+# --- unit: the adaptive (latency-bounded) limit -------------------------------------------------------------------
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _feed(a: AdaptiveLimit, clock: FakeClock, tpot: float, intervals: int, per_interval: int = 10,
+          e2e: float = 0.1, saturated: bool = False) -> None:
+    for _ in range(intervals):
+        for _ in range(per_interval):
+            a.saturated = a.saturated or saturated
+            a.observe(tpot, e2e)
+        clock.t += a.interval_s
+
+
+def test_adaptive_limit_shrinks_when_tpot_degrades_and_grows_back_when_it_recovers():
+    clock = FakeClock()
+    a = AdaptiveLimit(ceiling=64, floor=4, tolerance=1.3, clock=clock)
+    _feed(a, clock, 0.002, 4)  # unloaded: the baseline
+    assert a.limit == 64 and a.baseline == pytest.approx(0.002)
+    _feed(a, clock, 0.0025, 4, saturated=True)  # within tolerance and the limit binds: stays at the ceiling
+    assert a.limit == 64
+    _feed(a, clock, 0.004, 6)  # 2x the baseline: multiplicative decrease, once per interval
+    assert 4 < a.limit <= 64 * 0.8 ** 4  # six intervals at 2x: at least four decreases
+    low = a.limit
+    _feed(a, clock, 0.004, 30)
+    assert a.limit == 4  # never below the floor
+    _feed(a, clock, 0.002, 3, saturated=True)  # recovered and the limit holds traffic back: additive increase
+    assert 4 < a.limit <= low
+    _feed(a, clock, 0.002, 3, saturated=False)  # recovered but nobody waits: no reason to grow
+    grown = a.limit
+    _feed(a, clock, 0.002, 3, saturated=False)
+    assert a.limit == grown
+    # the queue wait follows the recent median end-to-end time, capped by queue_timeout_s
+    assert a.queue_wait_s(30.0) == pytest.approx(0.25 * 0.1)
+    assert a.queue_wait_s(0.01) == 0.01
+
+
+def test_slots_with_adaptive_limit_retire_and_add_slots():
+    async def main():
+        clock = FakeClock()
+        a = AdaptiveLimit(ceiling=4, floor=1, tolerance=1.3, clock=clock, queue_wait_share=100.0)
+        s = Slots(4, 8, a)
+        for _ in range(4):
+            await s.acquire(1)
+        waiters = [asyncio.create_task(s.acquire(5)) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert len(s.waiters) == 3 and a.saturated
+        a.limit = 2  # as if TPOT had degraded: two of the four slots are retired as they come back
+        s.release(0.002, 0.1)
+        s.release(0.002, 0.1)
+        await asyncio.sleep(0)
+        assert s.active == 2 and len(s.waiters) == 3
+        s.release(0.002, 0.1)  # at the limit: handed to the oldest waiter
+        await asyncio.sleep(0)
+        assert s.active == 2 and len(s.waiters) == 2 and waiters[0].done()
+        a.limit = 4  # grown back: the next release wakes every waiter that now fits
+        s.release(0.002, 0.1)
+        await asyncio.gather(*waiters)
+        assert s.active == 3 and not s.waiters
     asyncio.run(main())
 
 

@@ -1,0 +1,88 @@
+"""Latency-bounded admission for one version: an adaptive concurrency limit and a queue wait tied to latency.
+
+A fixed `max_concurrency` is either too high (at 2x capacity every request in the engine's batch slows down,
+and the p99 of the admitted ones grows with the offered load) or too low (throughput left on the table). This
+controller keeps the version's time per output token (TPOT, vLLM's definition: (E2E - TTFT) / (tokens - 1))
+within `tolerance` x its baseline, the best TPOT the version has shown recently:
+
+- every `interval_s`, the median TPOT of the requests that finished in that interval is compared with the
+  baseline (the lowest such median over the last `baseline_window_s`);
+- above `tolerance` x baseline: the limit shrinks multiplicatively (x `decrease`), at most once per interval;
+- otherwise, if the limit was reached during the interval (it is what holds traffic back), it grows additively
+  (+ max(1, limit / 8)) up to the configured `max_concurrency`.
+
+A queued request waits at most `queue_wait_share` x the version's recent median end-to-end time (never more
+than `limits.queue_timeout_s`): beyond that the queue cannot drain in time and a 503 now serves the client
+better than a late answer. The TCP-Vegas / Netflix "gradient" family of limiters works the same way on RTT;
+none of the libraries we use exposes one for asyncio (aiolimiter is a fixed-rate bucket), hence this module.
+
+Off by default (`limits.adaptive: null`): a plain bounded FIFO queue (serve/admission.py) keeps throughput
+first; turn it on when the admitted requests' latency matters more than the share refused.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class AdaptiveLimit:
+    ceiling: int  # the configured max_concurrency
+    floor: int = 4
+    tolerance: float = 1.3
+    decrease: float = 0.8
+    interval_s: float = 0.5
+    min_samples: int = 8
+    baseline_window_s: float = 300.0
+    queue_wait_share: float = 0.25
+    clock: object = time.monotonic
+    limit: int = 0
+    saturated: bool = False  # the limit held a request back during the current interval
+    _tpots: list[float] = field(default_factory=list)
+    _e2es: deque = field(default_factory=lambda: deque(maxlen=256))
+    _medians: deque = field(default_factory=deque)  # (time, median TPOT of one interval)
+    _next: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.floor = max(1, min(self.floor, self.ceiling))
+        self.limit = self.limit or self.ceiling
+        self._next = self.clock() + self.interval_s
+
+    @property
+    def baseline(self) -> float | None:
+        return min(m for _, m in self._medians) if self._medians else None
+
+    def queue_wait_s(self, cap_s: float) -> float:
+        """How long a request may wait for a slot now."""
+        if not self._e2es:
+            return cap_s
+        return min(cap_s, self.queue_wait_share * statistics.median(self._e2es))
+
+    def observe(self, tpot_s: float | None, e2e_s: float | None) -> None:
+        """A finished request's TPOT and end-to-end time (None when it had < 2 tokens or failed)."""
+        if tpot_s is not None and tpot_s > 0:
+            self._tpots.append(tpot_s)
+        if e2e_s is not None:
+            self._e2es.append(e2e_s)
+        now = self.clock()
+        if now >= self._next:
+            self._update(now)
+
+    def _update(self, now: float) -> None:
+        self._next = now + self.interval_s
+        saturated, self.saturated = self.saturated, False
+        if len(self._tpots) < self.min_samples:
+            return
+        recent = statistics.median(self._tpots)
+        self._tpots.clear()
+        self._medians.append((now, recent))
+        while self._medians and self._medians[0][0] < now - self.baseline_window_s:
+            self._medians.popleft()
+        base = self.baseline
+        if base is not None and recent > self.tolerance * base:
+            self.limit = max(self.floor, int(self.limit * self.decrease))
+        elif saturated:
+            self.limit = min(self.ceiling, self.limit + max(1, self.limit // 8))
