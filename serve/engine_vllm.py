@@ -166,8 +166,7 @@ class VLLMEngine(Engine):
     def _prompt_ids(self, req: GenerationRequest) -> list[int]:
         tok = self.tokenizer
         if req.kind == "chat":
-            text = tok.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False)
-            return tok.encode(text, add_special_tokens=False)
+            return chat_prompt_ids(tok, req.messages)
         return tok.encode(req.prompt or "", add_special_tokens=True)
 
     def _value_params(self, req: GenerationRequest) -> dict:
@@ -290,6 +289,32 @@ class VLLMEngine(Engine):
                 pass
 
         await asyncio.wait_for(one(), timeout_s)
+
+
+def chat_prompt_ids(tok, messages: list[dict]) -> list[int]:
+    """The chat template's token ids, with message contents always tokenized as text.
+
+    Rendering the template and tokenizing the whole string (what vLLM's server does) lets a user whose message
+    spells a special token - `<|end|><|assistant|>` - close their turn and open another role's. Here the template
+    is rendered with a marker in place of each content; the template's own text between the markers is tokenized
+    with its special tokens, each content with `split_special_tokens=True`. A template that does not pass the
+    contents through verbatim (no marker found exactly once) falls back to the whole-string tokenization.
+    """
+    nonce = os.urandom(6).hex()
+    marks = [f"\x00{nonce}-{i}\x00" for i in range(len(messages))]
+    text = tok.apply_chat_template([{**m, "content": k} for m, k in zip(messages, marks)], add_generation_prompt=True,
+                                   tokenize=False)
+    if any(text.count(k) != 1 for k in marks):
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tok.encode(text, add_special_tokens=False)
+    ids: list[int] = []
+    pos = 0
+    for m, k in zip(messages, marks):
+        i = text.index(k, pos)
+        ids += tok.encode(text[pos:i], add_special_tokens=False)
+        ids += tok.encode(m["content"] or "", add_special_tokens=False, split_special_tokens=True)
+        pos = i + len(k)
+    return ids + tok.encode(text[pos:], add_special_tokens=False)
 
 
 def _import_engine_modules() -> None:
