@@ -6,14 +6,16 @@ controller keeps the version's time per output token (TPOT, vLLM's definition: (
 within `tolerance` x its baseline, the best TPOT the version has shown recently:
 
 - every `interval_s`, the median TPOT of the requests that finished in that interval is compared with the
-  baseline (the lowest such median over the last `baseline_window_s`);
+  baseline (the 10th percentile of those interval medians over the last `baseline_window_s`: a low-load
+  reference that one lucky interval on a noisy machine does not set);
 - above `tolerance` x baseline: the limit shrinks multiplicatively (x `decrease`), at most once per interval;
 - otherwise, if the limit was reached during the interval (it is what holds traffic back), it grows additively
   (+ max(1, limit / 8)) up to the configured `max_concurrency`.
 
-A queued request waits at most `queue_wait_share` x the version's recent median end-to-end time (never more
-than `limits.queue_timeout_s`): beyond that the queue cannot drain in time and a 503 now serves the client
-better than a late answer. The TCP-Vegas / Netflix "gradient" family of limiters works the same way on RTT;
+A queued request waits at most `queue_wait_share` x the version's recent median decode time (E2E - TTFT: the
+service time without any queue wait, so a growing queue cannot feed its own bound; never more than
+`limits.queue_timeout_s`): beyond that the queue cannot drain in time and a 503 now serves the client better
+than a late answer. The TCP-Vegas / Netflix "gradient" family of limiters works the same way on RTT;
 none of the libraries we use exposes one for asyncio (aiolimiter is a fixed-rate bucket), hence this module.
 
 Off by default (`limits.adaptive: null`): a plain bounded FIFO queue (serve/admission.py) keeps throughput
@@ -31,42 +33,46 @@ from dataclasses import dataclass, field
 @dataclass
 class AdaptiveLimit:
     ceiling: int  # the configured max_concurrency
-    floor: int = 4
-    tolerance: float = 1.3
-    decrease: float = 0.8
+    floor: int = 8
+    tolerance: float = 1.5
+    decrease: float = 0.9
     interval_s: float = 0.5
     min_samples: int = 8
     baseline_window_s: float = 300.0
-    queue_wait_share: float = 0.25
+    queue_wait_share: float = 0.5
     clock: object = time.monotonic
-    limit: int = 0
+    limit: int = 0  # the current limit; starts at `start` (a cold start must not let a burst of `ceiling` in)
+    start: int = 32
     saturated: bool = False  # the limit held a request back during the current interval
     _tpots: list[float] = field(default_factory=list)
-    _e2es: deque = field(default_factory=lambda: deque(maxlen=256))
+    _decodes: deque = field(default_factory=lambda: deque(maxlen=256))
     _medians: deque = field(default_factory=deque)  # (time, median TPOT of one interval)
     _next: float = 0.0
 
     def __post_init__(self) -> None:
         self.floor = max(1, min(self.floor, self.ceiling))
-        self.limit = self.limit or self.ceiling
+        self.limit = self.limit or max(self.floor, min(self.start, self.ceiling))
         self._next = self.clock() + self.interval_s
 
     @property
     def baseline(self) -> float | None:
-        return min(m for _, m in self._medians) if self._medians else None
+        if not self._medians:
+            return None
+        ms = sorted(m for _, m in self._medians)
+        return ms[len(ms) // 10]
 
     def queue_wait_s(self, cap_s: float) -> float:
         """How long a request may wait for a slot now."""
-        if not self._e2es:
+        if not self._decodes:
             return cap_s
-        return min(cap_s, self.queue_wait_share * statistics.median(self._e2es))
+        return min(cap_s, self.queue_wait_share * statistics.median(self._decodes))
 
-    def observe(self, tpot_s: float | None, e2e_s: float | None) -> None:
-        """A finished request's TPOT and end-to-end time (None when it had < 2 tokens or failed)."""
+    def observe(self, tpot_s: float | None, decode_s: float | None) -> None:
+        """A finished request's TPOT and decode time, E2E - TTFT (None when it had < 2 tokens or failed)."""
         if tpot_s is not None and tpot_s > 0:
             self._tpots.append(tpot_s)
-        if e2e_s is not None:
-            self._e2es.append(e2e_s)
+        if decode_s is not None:
+            self._decodes.append(decode_s)
         now = self.clock()
         if now >= self._next:
             self._update(now)

@@ -58,10 +58,10 @@ class Slots:
                 raise Overloaded(f"no slot freed within {timeout_s:g} s") from None
             raise
 
-    def release(self, tpot_s: float | None = None, e2e_s: float | None = None) -> None:
-        """A request is done (its TPOT and end-to-end time feed the adaptive limit, when on)."""
+    def release(self, tpot_s: float | None = None, decode_s: float | None = None) -> None:
+        """A request is done (its TPOT and decode time feed the adaptive limit, when on)."""
         if self.adaptive is not None:
-            self.adaptive.observe(tpot_s, e2e_s)
+            self.adaptive.observe(tpot_s, decode_s)
             if self.active > self.limit:  # the limit shrank: this slot is retired, not handed on
                 self.active -= 1
                 return

@@ -146,8 +146,8 @@ async def _admit(gw: Gateway, guards: Guards, key: KeyPolicy | None, engine: Eng
         guards.limiter.release(lease, refund=True)
         raise
 
-    def release(used_tokens: int | None, tpot_s: float | None = None, e2e_s: float | None = None) -> None:
-        slots.release(tpot_s, e2e_s)
+    def release(used_tokens: int | None, tpot_s: float | None = None, decode_s: float | None = None) -> None:
+        slots.release(tpot_s, decode_s)
         guards.limiter.release(lease, used_tokens)
 
     return release
@@ -262,10 +262,9 @@ class Call:
         name = self.engine.name
         e2e = time.perf_counter() - self.t0
         if self.release is not None:
-            ok = self.status == "200"
-            tpot = ((e2e - self.ttft) / (self.completion_tokens - 1)
-                    if ok and self.ttft is not None and self.completion_tokens > 1 else None)
-            self.release(self.used_tokens, tpot, e2e if ok else None)
+            decode = e2e - self.ttft if self.status == "200" and self.ttft is not None else None
+            tpot = decode / (self.completion_tokens - 1) if decode is not None and self.completion_tokens > 1 else None
+            self.release(self.used_tokens, tpot, decode)
         self.gw.metrics.version(name).in_flight.dec()
         self.gw.metrics.requests.labels(name, self.endpoint, self.status).inc()
         if self.status == "200":

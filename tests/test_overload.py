@@ -72,13 +72,13 @@ def _feed(a: AdaptiveLimit, clock: FakeClock, tpot: float, intervals: int, per_i
 
 def test_adaptive_limit_shrinks_when_tpot_degrades_and_grows_back_when_it_recovers():
     clock = FakeClock()
-    a = AdaptiveLimit(ceiling=64, floor=4, tolerance=1.3, clock=clock)
+    a = AdaptiveLimit(ceiling=64, floor=4, tolerance=1.3, clock=clock, start=64)
     _feed(a, clock, 0.002, 4)  # unloaded: the baseline
     assert a.limit == 64 and a.baseline == pytest.approx(0.002)
     _feed(a, clock, 0.0025, 4, saturated=True)  # within tolerance and the limit binds: stays at the ceiling
     assert a.limit == 64
     _feed(a, clock, 0.004, 6)  # 2x the baseline: multiplicative decrease, once per interval
-    assert 4 < a.limit <= 64 * 0.8 ** 4  # six intervals at 2x: at least four decreases
+    assert 4 < a.limit <= 64 * a.decrease ** 4  # six intervals at 2x: at least four decreases
     low = a.limit
     _feed(a, clock, 0.004, 30)
     assert a.limit == 4  # never below the floor
@@ -89,14 +89,14 @@ def test_adaptive_limit_shrinks_when_tpot_degrades_and_grows_back_when_it_recove
     _feed(a, clock, 0.002, 3, saturated=False)
     assert a.limit == grown
     # the queue wait follows the recent median end-to-end time, capped by queue_timeout_s
-    assert a.queue_wait_s(30.0) == pytest.approx(0.25 * 0.1)
+    assert a.queue_wait_s(30.0) == pytest.approx(a.queue_wait_share * 0.1)
     assert a.queue_wait_s(0.01) == 0.01
 
 
 def test_slots_with_adaptive_limit_retire_and_add_slots():
     async def main():
         clock = FakeClock()
-        a = AdaptiveLimit(ceiling=4, floor=1, tolerance=1.3, clock=clock, queue_wait_share=100.0)
+        a = AdaptiveLimit(ceiling=4, floor=1, tolerance=1.3, clock=clock, queue_wait_share=100.0, start=4)
         s = Slots(4, 8, a)
         for _ in range(4):
             await s.acquire(1)
