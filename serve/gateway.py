@@ -45,6 +45,7 @@ class Gateway:
         self.stats = Stats()  # per-version outcome windows: the canary gate's inputs
         self.alarm_sources: list = [self.quality.monitor]  # serve.alarms.AlarmSource
         self.controller = None  # serve.canary.CanaryController, made in start()
+        self.stats_sync = None  # serve.stats_sync.StatsSync with a Redis: every replica's outcomes in self.stats
         # restarts dead in-process engines, re-admits remote versions whose backends answer again
         self.supervisor = Supervisor(self, settings.supervise_interval_s, settings.restart_backoff_s,
                                      settings.restart_backoff_max_s)
@@ -60,6 +61,12 @@ class Gateway:
         await self.quality.start()
         for name in self.engines:
             self.quality.watch_version(name)
+        if self.settings.redis_url:
+            from serve.stats_sync import StatsSync
+
+            self.stats_sync = StatsSync(self.stats, self.settings.redis_url, self.settings.redis_prefix,
+                                        self.settings.canary.tick_s, self.settings.canary.window_s)
+            await self.stats_sync.start()
         store = make_store(self.settings.redis_url, self.settings.redis_prefix)
         self.controller = CanaryController(self, store, self.settings.canary)
         await self.controller.start()
@@ -135,6 +142,8 @@ class Gateway:
         await self.supervisor.stop()  # first: no engine restart may begin while the engines are being stopped
         if self.controller is not None:
             await self.controller.stop()
+        if self.stats_sync is not None:
+            await self.stats_sync.stop()
         if self._starter and not self._starter.done():
             self._starter.cancel()
         await self.shadow.close()

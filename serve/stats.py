@@ -61,10 +61,14 @@ class VersionWindow:
 
 
 class Stats:
-    def __init__(self, maxlen: int = 200_000, clock=time.monotonic):
+    def __init__(self, maxlen: int = 200_000, clock=time.monotonic, wall=time.time):
         self.maxlen = maxlen
         self.clock = clock
+        self.wall = wall
         self._v: dict[str, VersionWindow] = {}
+        # with several replicas (serve/stats_sync.py): what this replica recorded, with wall-clock times, until
+        # the sync has shared it; None with one replica
+        self.outbox: deque | None = None
 
     def _window(self, version: str) -> VersionWindow:
         w = self._v.get(version)
@@ -76,10 +80,27 @@ class Stats:
     def record(self, version: str, ttft_s: float | None, e2e_s: float | None, status: str = "200") -> None:
         w = self._v.get(version) or self._window(version)
         w.events.append((self.clock(), ttft_s, e2e_s, status))
+        if self.outbox is not None:
+            self.outbox.append((version, self.wall(), ttft_s, e2e_s, status))
 
     def record_reward(self, version: str, reward: float) -> None:
         w = self._v.get(version) or self._window(version)
         w.rewards.append((self.clock(), float(reward)))
+        if self.outbox is not None:
+            self.outbox.append((version, self.wall(), float(reward)))
+
+    def merge(self, records: list) -> None:
+        """Another replica's records (serve/stats_sync.py): (version, wall time, ttft, e2e, status) outcomes and
+        (version, wall time, reward) rewards, added to this replica's windows at the matching local time. They
+        arrive up to a sync interval late, so a window's newest entries may be slightly out of order: the scans
+        below tolerate that (a window starts minutes back, not within the last second)."""
+        offset = self.clock() - self.wall()
+        for rec in records:
+            w = self._v.get(rec[0]) or self._window(rec[0])
+            if len(rec) == 5:
+                w.events.append((rec[1] + offset, rec[2], rec[3], rec[4]))
+            elif len(rec) == 3:
+                w.rewards.append((rec[1] + offset, float(rec[2])))
 
     # --- off the hot path ----------------------------------------------------------------------------------
     def versions(self) -> list[str]:
@@ -97,7 +118,7 @@ class Stats:
         ttfts, e2es = [], []
         for t, ttft, e2e, status in _tail(w.events, since):
             if t > until:
-                break
+                continue
             if status in NEUTRAL_STATUSES:
                 s.neutral += 1
                 continue
@@ -142,16 +163,23 @@ class Stats:
         return [r for t, r in _tail(w.rewards, since) if t <= until] if w else []
 
 
+# Records merged from other replicas arrive up to a sync interval late, so times are in order only to within
+# this much: a scan from the right stops at the first item older than `since - SLACK_S`.
+SLACK_S = 5.0
+
+
 def _tail(dq: deque, since: float):
-    """Items with time >= since, oldest first, scanning from the right (windows are recent)."""
-    if not dq or dq[-1][0] < since:
+    """Items with time >= since, (nearly) oldest first, scanning from the right (windows are recent)."""
+    if not dq or dq[-1][0] < since - SLACK_S:
         return []
     if dq[0][0] >= since:
         return list(dq)
     out = []
     for item in reversed(dq):
         if item[0] < since:
-            break
+            if item[0] < since - SLACK_S:
+                break
+            continue
         out.append(item)
     out.reverse()
     return out

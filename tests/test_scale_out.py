@@ -202,3 +202,27 @@ def test_canary_weight_set_on_one_replica_reaches_the_other(scale_out):
     v1 = [_chat(gw1, "hi", user=u).headers["x-aligngate-version"] for u in users]
     v2 = [_chat(gw2, "hi", user=u).headers["x-aligngate-version"] for u in users]
     assert v1 == v2
+
+
+def test_gate_inputs_shared_by_both_replicas(scale_out):
+    """The canary gate's window on each replica holds both replicas' requests (serve/stats_sync.py), so each
+    controller judges the whole canary's traffic, not its own half of it."""
+    gw1, gw2 = scale_out["gateways"]
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+    def canary_requests(url: str) -> int:
+        status = httpx.get(url + "/admin/status", headers=headers, timeout=30).json()
+        return next(v for v in status["versions"] if v["name"] == "canary")["window"]["requests"]
+
+    time.sleep(2.0)  # earlier tests' requests reach the other replica's window within a tick (0.5 s): let them land
+    before1, before2 = canary_requests(gw1), canary_requests(gw2)
+    n = 12
+    for i in range(n):
+        assert _chat(gw1 if i % 3 else gw2, f"gate inputs {i}", model="canary").status_code == 200
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 30 and not (canary_requests(gw1) - before1 >= n and canary_requests(gw2) - before2 >= n):
+        time.sleep(0.2)
+    got1, got2 = canary_requests(gw1) - before1, canary_requests(gw2) - before2
+    assert got1 == n and got2 == n, (got1, got2)  # 8 sent to gateway 1 and 4 to gateway 2: both windows hold 12
+    print(f"\ngate window: {n} canary requests (8 via gateway 1, 4 via gateway 2) seen by both replicas after "
+          f"{time.monotonic() - t0:.2f} s")
