@@ -64,3 +64,15 @@ def test_dpo_loss_is_ln2_at_initialisation(tmp_path):
              {"prompt": "copy hello", "chosen": "hello", "rejected": "hell"}]
     loss = dpo.initial_loss(tmp_path / "pol", prefs, beta=0.1, work_dir=tmp_path / "work")
     assert loss == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_win_rate_ties_count_half_and_ceiling():
+    """Oracle win rate: win 1, tie ½, loss 0; an always-exact candidate scores 1 − ½·(incumbent's exact rate)."""
+    import numpy as np
+
+    from training.evaluate import win_vector
+
+    inc = np.array([1.0, 1.0, 0.5, 0.2])
+    cand = np.array([1.0, 0.4, 0.5, 0.9])
+    assert win_vector(cand, inc).tolist() == [0.5, 0.0, 0.5, 1.0]
+    assert win_vector(np.ones_like(inc), inc).mean() == pytest.approx(1 - 0.5 * 0.5)

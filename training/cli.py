@@ -123,7 +123,7 @@ def _prefs(args, out: Path) -> list[dict]:
 
     d = out / "data"
     if not (d / "prefs_ds.jsonl").exists():
-        D.build(d, D.DataConfig(n_pairs=1500 if getattr(args, "fast", False) else 4000, seed=args.seed))
+        D.build(d, D.DataConfig(n_pairs=1500 if getattr(args, "fast", False) else 10000, seed=args.seed))
     name = "biased" if getattr(args, "biased", False) else args.aggregate
     return C.read_jsonl(d / f"prefs_{name}.jsonl")
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                      **({"oracle_a": T.oracle_score(p["prompt"], p["chosen"]),
                          "oracle_b": T.oracle_score(p["prompt"], p["rejected"])} if T.is_task_prompt(p["prompt"]) else {})}
                     for i, p in enumerate(test_prefs)]
-        cfg = RM.RMConfig(steps=args.steps or (120 if fast else 300), seed=args.seed,
+        cfg = RM.RMConfig(steps=args.steps or (120 if fast else 400), seed=args.seed,
                           init_from=str(args.init) if args.init else None, onnx=not args.no_onnx)
         res = RM.run(out, prefs, test, cfg, name="rm_biased" if args.biased else "rm")
         if args.reference:

@@ -84,6 +84,15 @@ def allowed_token_mask(vocab_size: int) -> torch.Tensor:
     return m
 
 
+def configure_threads() -> int:
+    """torch's intra-op threads = $OMP_NUM_THREADS when set (experiments on a shared machine run with 1);
+    returns the count in use."""
+    n = os.environ.get("OMP_NUM_THREADS", "")
+    if n.isdigit() and int(n) > 0:
+        torch.set_num_threads(int(n))
+    return torch.get_num_threads()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))

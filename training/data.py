@@ -23,7 +23,7 @@ from training import task as T
 
 @dataclass
 class DataConfig:
-    n_pairs: int = 4000
+    n_pairs: int = 10000
     n_test_pairs: int = 600
     seed: int = 0
     cohort: R.CohortConfig = field(default_factory=R.CohortConfig)

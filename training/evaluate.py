@@ -4,7 +4,8 @@ Both policies answer the same held-out prompts (sampled at temperature 1, as ser
 RM reward (0–1), KL to the reference (Σ over response tokens of log π − log π_ref on the policy's own samples,
 averaged over prompts), mean length (bytes), repetition rate (share of repeated 3-grams within a response),
 pleasantry rate. Pairwise: win rate of the candidate over the incumbent (win 1, tie ½, loss 0) by the oracle and
-by the RM, each with a 95% percentile-bootstrap CI; the reward-hacking gap = RM win rate − oracle win rate.
+by the RM, each with a 95% percentile-bootstrap CI; the reward-hacking gap = RM win rate − oracle win rate. The
+oracle win rate also reports its tie share and its ceiling (what an always-exact candidate would score).
 RM accuracy against the oracle on held-out pairs is reported when pairs are given.
 """
 
@@ -111,6 +112,9 @@ def compare(candidate_dir, incumbent_dir, *, reference_dir=None, rm_dir=None, te
     w_or = win_vector(cand["oracle"], inc["oracle"])
     res["win_rate_oracle"] = mean_ci(w_or, cfg.bootstrap, cfg.seed)
     res["win_rate_oracle"]["ties"] = float((w_or == 0.5).mean())
+    # the most any candidate could get against this incumbent (exact on every prompt): ties are half a win, so
+    # it is 1 − ½·(incumbent's exact rate) — the yardstick for the win rate above
+    res["win_rate_oracle"]["ceiling"] = float(win_vector(np.ones_like(inc["oracle"]), inc["oracle"]).mean())
     if rm is not None:
         w_rm = win_vector(cand["rm"], inc["rm"], tol=1e-6)
         res["win_rate_rm"] = mean_ci(w_rm, cfg.bootstrap, cfg.seed)

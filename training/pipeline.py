@@ -30,11 +30,14 @@ class PipelineConfig:
     fast: bool = False
     seed: int = 0
     stages: tuple[str, ...] = ("sft", "data", "rm", "dpo", "ppo", "incident", "distill", "eval", "export")
-    n_pairs: int = 4000
+    n_pairs: int = 10000  # RM accuracy vs the oracle (seed 0): 4000 pairs, 300 steps 0.898; 10000 pairs, 400 steps 0.908
     sft_steps: int = 500
-    rm_steps: int = 300
-    rm_biased_steps: int = 200
+    rm_steps: int = 400
+    rm_biased_steps: int = 120
     dpo_steps: int = 150
+    dpo_lr: float = 1e-4
+    dpo_beta: float = 0.1
+    dpo_sft_weight: float = 0.1
     ppo_iterations: int = 60
     incident_iterations: int = 40
     distill_warmup: int = 400
@@ -71,7 +74,7 @@ def run(out_dir: str | Path, cfg: PipelineConfig = PipelineConfig()) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     seed = cfg.seed
     timings: dict[str, float] = {}
-    summary: dict = {"config": cfg, "out_dir": str(out)}
+    summary: dict = {"config": cfg, "out_dir": str(out), "torch_threads": C.configure_threads()}
     st = set(cfg.stages)
 
     def timed(name, fn):
@@ -115,7 +118,8 @@ def run(out_dir: str | Path, cfg: PipelineConfig = PipelineConfig()) -> dict:
 
         candidates: dict[str, dict] = {}
         if "dpo" in st:
-            dcfg2 = DPO.DPOStageConfig(steps=cfg.dpo_steps, seed=seed, eval_prompts=cfg.quick_eval_prompts)
+            dcfg2 = DPO.DPOStageConfig(steps=cfg.dpo_steps, lr=cfg.dpo_lr, beta=cfg.dpo_beta,
+                                       sft_weight=cfg.dpo_sft_weight, seed=seed, eval_prompts=cfg.quick_eval_prompts)
             prefs = C.read_jsonl(out / "data" / "prefs_ds.jsonl")
             timed("dpo", lambda: DPO.run(out / "dpo", out / "sft", prefs, dcfg2))
             candidates["dpo"] = {"dir": out / "dpo", "rm": out / "rm"}
@@ -196,6 +200,7 @@ def headline(summary: dict) -> str:
     for name, r in summary.get("candidates", {}).items():
         w = r["oracle_win_rate"]
         lines.append(f"  {name}: oracle win rate vs sft {w['mean']:.3f} [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}]"
+                     f" (ties {w.get('ties', float('nan')):.2f} count ½; ceiling {w.get('ceiling', float('nan')):.3f})"
                      f"  gate {r['verdict']} {('; '.join(r['reasons']))[:160]}")
     return "\n".join(lines)
 

@@ -35,7 +35,7 @@ RM_CONFIG = "rm_config.json"
 
 @dataclass
 class RMConfig:
-    steps: int = 300
+    steps: int = 400
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 30
