@@ -27,6 +27,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -40,12 +41,13 @@ class AdaptiveLimit:
     min_samples: int = 8
     baseline_window_s: float = 300.0
     queue_wait_share: float = 0.5
-    clock: object = time.monotonic
+    clock: Callable[[], float] = time.monotonic
     limit: int = 0  # the current limit; starts at `start` (a cold start must not let a burst of `ceiling` in)
     start: int = 32
     saturated: bool = False  # the limit held a request back during the current interval
     _tpots: list[float] = field(default_factory=list)
     _decodes: deque = field(default_factory=lambda: deque(maxlen=256))
+    _decode_median: float | None = None  # of _decodes, refreshed once per interval (not per queued request)
     _medians: deque = field(default_factory=deque)  # (time, median TPOT of one interval)
     _next: float = 0.0
 
@@ -63,9 +65,9 @@ class AdaptiveLimit:
 
     def queue_wait_s(self, cap_s: float) -> float:
         """How long a request may wait for a slot now."""
-        if not self._decodes:
+        if self._decode_median is None:
             return cap_s
-        return min(cap_s, self.queue_wait_share * statistics.median(self._decodes))
+        return min(cap_s, self.queue_wait_share * self._decode_median)
 
     def observe(self, tpot_s: float | None, decode_s: float | None) -> None:
         """A finished request's TPOT and decode time, E2E - TTFT (None when it had < 2 tokens or failed)."""
@@ -80,6 +82,8 @@ class AdaptiveLimit:
     def _update(self, now: float) -> None:
         self._next = now + self.interval_s
         saturated, self.saturated = self.saturated, False
+        if self._decodes:
+            self._decode_median = statistics.median(self._decodes)
         if len(self._tpots) < self.min_samples:
             return
         recent = statistics.median(self._tpots)
