@@ -17,6 +17,7 @@ from vllm.model_executor.models.llama import LlamaForCausalLM
 from kernels.dispatch import fused_heads
 from kernels.value_head import load_value_head
 from kernels.weights import HeadWeights
+from serve import vllm_patches
 from serve.value_slots import OFFSET, read_value_slots
 
 
@@ -28,6 +29,7 @@ class LlamaForCausalLMWithValueHead(LlamaForCausalLM):
         if slots is None:
             raise ValueError(f"{model_dir}: LlamaForCausalLMWithValueHead needs a value head (kernels.value_head.VALUE_HEAD_FILE)")
         self.slots = slots
+        vllm_patches.apply_sampler()  # this runs in vLLM's worker process, where the sampler is
         head = load_value_head(model_dir)
         # fp32 buffers, moved with the module; not part of the HF checkpoint the loader walks
         self.register_buffer("value_weight", head.summary.weight.detach().reshape(-1).float(), persistent=False)

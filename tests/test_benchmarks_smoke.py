@@ -125,3 +125,17 @@ def test_help_lists_scenarios():
     assert proc.returncode == 0, proc.stderr
     for s in ("vs-vllm", "vs-litellm", "canary", "reward", "cache", "overhead", "overload"):
         assert f"  {s}" in proc.stdout
+
+
+def test_readout_smoke(tmp_path, cache_dir):
+    """benchmarks.bench_readout: one engine, read-out on and off alternated; it writes figures and a plot."""
+    model = str(cache_dir / "models" / "default-stable")
+    out = tmp_path / "readout.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_readout", "--smoke", "--model", model, "--out",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    entry = result["engines"]["patched"]["4"]
+    assert len(entry["rounds_on"]) == len(entry["rounds_off"]) == 2
+    assert entry["tpot_ms_on"] > 0 and entry["tpot_ms_off"] > 0
+    assert "patched batch 4" in result["summary"] and out.with_suffix(".png").stat().st_size > 0

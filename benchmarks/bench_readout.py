@@ -1,0 +1,184 @@
+"""What reading the in-pass value costs per decode step: the engine alone, the same batch, read-out on vs off.
+
+The `reward` scenario measures the whole gateway under Poisson load, where one run's p99 moves by more than the
+effect. This isolates the read-out: one vLLM `AsyncLLM` serving the value-head model, a closed batch of N
+requests (same 64-token prompts, `ignore_eos`, T new tokens), and rounds alternating between requests that ask
+for the value slots' logprobs (`logprob_token_ids`, what `serve.engine_vllm` sends when the reward is on) and
+requests that do not (the value is still computed in `compute_logits`, just not returned). Same engine, same
+batch, interleaved: the difference is the read-out and nothing else. Per request, TPOT = (last token time - first
+token time) / (T - 1); a round's figure is the median over the batch; the result is the median over rounds.
+
+Engines, one after the other:
+  no-value-head   the same weights without the head (the floor: what a policy without a reward pays)
+  vllm-gather     the value-head model with vLLM's own `Sampler.gather_specific_token_logprobs` (a Python loop)
+  patched         with `serve.vllm_patches.apply_sampler` (one broadcast index; aligngate's default)
+
+    .venv/bin/python -m benchmarks.bench_readout                                   # tiny default model
+    .venv/bin/python -m benchmarks.bench_readout --model .cache/step-model --out benchmarks/results/readout_step.json
+Results: benchmarks/results/readout.{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.machine import machine_facts  # noqa: E402
+
+ENGINES = ("no-value-head", "vllm-gather", "patched")
+
+
+async def _run_engine(name: str, model: str, batches: list[int], tokens: int, rounds: int) -> dict:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from serve import vllm_patches
+    from serve.value_slots import read_value_slots
+
+    slots = read_value_slots(model)
+    os.environ[vllm_patches.SAMPLER_PATCH_ENV] = "0" if name == "vllm-gather" else "1"  # read by the worker
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    vllm_patches.apply()
+    over = {"hf_overrides": {"architectures": ["LlamaForCausalLMWithValueHead"]}} if slots else {}
+    llm = await asyncio.to_thread(AsyncLLM.from_engine_args, AsyncEngineArgs(
+        model=model, max_model_len=512, max_num_seqs=max(batches), disable_log_stats=True,
+        enable_prefix_caching=False, **over))
+
+    def params(read: bool) -> SamplingParams:
+        kw: dict = {}
+        if slots is not None:
+            kw["logit_bias"] = {i: -100.0 for i in slots.ids()}
+            if read:
+                kw.update(logprob_token_ids=slots.ids(), flat_logprobs=True, extra_args={vllm_patches.FLAG: True})
+        return SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=1.0,
+                              output_kind=RequestOutputKind.DELTA, **kw)
+
+    async def one(i: int, read: bool) -> float:
+        prompt = [5 + (i * 7 + j) % 200 for j in range(64)]
+        first = last = None
+        async for _ in llm.generate(TokensPrompt(prompt_token_ids=prompt), params(read), f"r{i}-{os.urandom(4).hex()}"):
+            last = time.perf_counter()
+            first = first or last
+        return (last - first) / (tokens - 1) * 1e3
+
+    async def batch_tpot(n: int, read: bool) -> float:
+        return statistics.median(await asyncio.gather(*(one(i, read) for i in range(n))))
+
+    modes = (False, True) if slots is not None else (False,)
+    out: dict = {}
+    try:
+        for n in batches:
+            for read in modes:  # warm-up: first batches of a shape compile / allocate
+                await batch_tpot(n, read)
+            per = {m: [] for m in modes}
+            for r in range(rounds):
+                for read in (modes if r % 2 == 0 else modes[::-1]):
+                    per[read].append(await batch_tpot(n, read))
+            entry = {"tpot_ms_off": statistics.median(per[False]), "rounds_off": per[False]}
+            if slots is not None:
+                on = statistics.median(per[True])
+                ratios = [b / a for a, b in zip(per[False], per[True])]
+                entry.update(tpot_ms_on=on, rounds_on=per[True], readout_ms_per_step=on - entry["tpot_ms_off"],
+                             ratio_on_off=statistics.median(ratios))
+            out[str(n)] = entry
+            print(f"{name} batch {n}: " + ", ".join(f"{k} {v:.4g}" for k, v in entry.items()
+                                                    if not k.startswith("rounds")), flush=True)
+    finally:
+        await asyncio.to_thread(llm.shutdown)
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = result["batches"]
+    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4), squeeze=False)
+    for ax, n in zip(axes[0], batches):
+        labels, vals = [], []
+        for eng in ENGINES:
+            e = result["engines"].get(eng, {}).get(str(n))
+            if not e:
+                continue
+            labels.append(f"{eng}\nread off")
+            vals.append(e["tpot_ms_off"])
+            if "tpot_ms_on" in e:
+                labels.append(f"{eng}\nread on")
+                vals.append(e["tpot_ms_on"])
+        ax.bar(range(len(vals)), vals, color=["#999" if "off" in lab else "#c44" for lab in labels])
+        ax.set_xticks(range(len(vals)), labels, fontsize=7)
+        ax.set_ylabel("median TPOT per request, ms")
+        ax.set_title(f"batch {n}, {result['tokens']} new tokens")
+    fig.suptitle(f"value read-out cost per decode step — {Path(result['model']).name}, {result['machine']['cpu']}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="value-head model dir (default: the embedded default stable policy)")
+    ap.add_argument("--batch", type=int, nargs="+", default=[8, 64], help="concurrent requests per batch")
+    ap.add_argument("--tokens", type=int, default=32, help="new tokens per request")
+    ap.add_argument("--rounds", type=int, default=20, help="rounds per batch size (read off/on alternated)")
+    ap.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "readout.json")
+    ap.add_argument("--smoke", action="store_true", help="tests: batch 4, 8 tokens, 2 rounds, patched engine only")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.batch, args.tokens, args.rounds, args.engines = [4], 8, 2, ["patched"]
+    if args.model is None:
+        from serve.config import Settings
+        from serve.default_models import ensure_default_models
+
+        args.model = next(v.model for v in ensure_default_models(Settings().cache_dir) if v.name == "stable")
+    import serve.vllm_plugin  # noqa: F401  (the value-head class; vLLM also loads it by entry point)
+
+    result = {"benchmark": "readout", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "command": "python -m benchmarks.bench_readout " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "machine": machine_facts(), "model": args.model, "batches": args.batch, "tokens": args.tokens,
+              "rounds": args.rounds, "engines": {}}
+    work = Path(tempfile.mkdtemp(prefix="aligngate-readout-"))
+    for name in args.engines:
+        model = args.model
+        if name == "no-value-head":
+            from benchmarks.bench_serve import without_value_head
+
+            model = without_value_head(args.model, work)
+        result["engines"][name] = asyncio.run(_run_engine(name, model, args.batch, args.tokens, args.rounds))
+    summary = {}
+    for n in map(str, args.batch):
+        base = result["engines"].get("no-value-head", {}).get(n)
+        for name in ("vllm-gather", "patched"):
+            e = result["engines"].get(name, {}).get(n)
+            if e:
+                summary[f"{name} batch {n}"] = {
+                    "readout_ms_per_step": round(e["readout_ms_per_step"], 4), "ratio_on_off": round(e["ratio_on_off"], 4),
+                    **({"ratio_on_vs_no_value_head": round(e["tpot_ms_on"] / base["tpot_ms_off"], 4)} if base else {})}
+    result["summary"] = summary
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    plot(result, args.out.with_suffix(".png"))
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
