@@ -13,7 +13,9 @@ Measures:
 - the incident: RM reward (the biased RM it was trained on) up and oracle score down vs SFT, with CIs.
 
 Win rates: per held-out prompt, candidate vs incumbent by oracle score — win 1, tie ½, loss 0 (ties are mostly
-both answers exact); mean and 95% bootstrap CI (training/evaluate.py). The tie share is reported next to it.
+both answers exact); mean and 95% bootstrap CI (training/evaluate.py). The tie share is reported next to it, with
+the ceiling (an always-exact candidate's tie-½ rate: 1 − ½ × SFT's exact share) and the decisive win rate (ties
+left out). Both DPO checks are written: `dpo_oracle_win_rate` (tie ½) and `dpo_oracle_win_rate_decisive`.
 Threads: torch uses $OMP_NUM_THREADS when set (recorded with the load averages under "machine").
 """
 
@@ -173,7 +175,10 @@ def main(argv=None) -> int:
         agg = res["rm_aggregation"]["ds"]["accuracy_vs_oracle"]["accuracy"]
         checks["rm_accuracy_aggregated"] = agg >= TARGETS["rm_accuracy_aggregated"]
         if res.get("dpo_vs_sft"):
-            checks["dpo_oracle_win_rate"] = res["dpo_vs_sft"]["oracle_win_rate"]["mean"] >= TARGETS["dpo_oracle_win_rate"]
+            w = res["dpo_vs_sft"]["oracle_win_rate"]
+            checks["dpo_oracle_win_rate"] = w["mean"] >= TARGETS["dpo_oracle_win_rate"]
+            if "decisive" in w:
+                checks["dpo_oracle_win_rate_decisive"] = w["decisive"]["mean"] >= TARGETS["dpo_oracle_win_rate"]
         if res.get("distill"):
             checks["student_ratio"] = res["distill"]["student_ratio_to_teacher"] >= TARGETS["student_ratio"]
             checks["student_param_ratio"] = res["distill"]["param_ratio"] <= TARGETS["student_param_ratio"]

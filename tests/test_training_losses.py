@@ -70,9 +70,13 @@ def test_win_rate_ties_count_half_and_ceiling():
     """Oracle win rate: win 1, tie ½, loss 0; an always-exact candidate scores 1 − ½·(incumbent's exact rate)."""
     import numpy as np
 
-    from training.evaluate import win_vector
+    from training.evaluate import decisive_win_rate, win_vector
 
     inc = np.array([1.0, 1.0, 0.5, 0.2])
     cand = np.array([1.0, 0.4, 0.5, 0.9])
     assert win_vector(cand, inc).tolist() == [0.5, 0.0, 0.5, 1.0]
     assert win_vector(np.ones_like(inc), inc).mean() == pytest.approx(1 - 0.5 * 0.5)
+    # ties left out: one win, one loss -> 0.5 over 2 decided prompts; all ties -> no decided prompt
+    d = decisive_win_rate(np.array([0.5, 0.0, 0.5, 1.0, 1.0, 1.0]))
+    assert d["n"] == 4 and d["mean"] == pytest.approx(0.75) and d["ci95"][0] <= 0.75 <= d["ci95"][1]
+    assert decisive_win_rate(np.array([0.5, 0.5]))["n"] == 0

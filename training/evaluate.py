@@ -5,7 +5,9 @@ RM reward (0–1), KL to the reference (Σ over response tokens of log π − lo
 averaged over prompts), mean length (bytes), repetition rate (share of repeated 3-grams within a response),
 pleasantry rate. Pairwise: win rate of the candidate over the incumbent (win 1, tie ½, loss 0) by the oracle and
 by the RM, each with a 95% percentile-bootstrap CI; the reward-hacking gap = RM win rate − oracle win rate. The
-oracle win rate also reports its tie share and its ceiling (what an always-exact candidate would score).
+oracle win rate also reports its tie share, its ceiling (what an always-exact candidate would score), and the
+decisive win rate (wins / (wins + losses), ties left out, with its own bootstrap CI): when the incumbent is
+already exact on most prompts, ties are both answers correct, and the tie-½ rate cannot pass the ceiling.
 RM accuracy against the oracle on held-out pairs is reported when pairs are given.
 """
 
@@ -45,6 +47,14 @@ def mean_ci(x, n=2000, seed=0) -> dict:
 
 def win_vector(cand: np.ndarray, inc: np.ndarray, tol: float = 1e-9) -> np.ndarray:
     return np.where(cand > inc + tol, 1.0, np.where(cand < inc - tol, 0.0, 0.5))
+
+
+def decisive_win_rate(w: np.ndarray, n: int = 2000, seed: int = 0) -> dict:
+    """wins / (wins + losses) of a win vector (ties left out), with a bootstrap CI over the decided prompts."""
+    decided = np.asarray(w)[np.asarray(w) != 0.5]
+    if not len(decided):
+        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")], "n": 0}
+    return mean_ci(decided, n, seed)
 
 
 def repetition_rate(text: str, n: int = 3) -> float:
@@ -115,6 +125,7 @@ def compare(candidate_dir, incumbent_dir, *, reference_dir=None, rm_dir=None, te
     # the most any candidate could get against this incumbent (exact on every prompt): ties are half a win, so
     # it is 1 − ½·(incumbent's exact rate) — the yardstick for the win rate above
     res["win_rate_oracle"]["ceiling"] = float(win_vector(np.ones_like(inc["oracle"]), inc["oracle"]).mean())
+    res["win_rate_oracle"]["decisive"] = decisive_win_rate(w_or, cfg.bootstrap, cfg.seed)
     if rm is not None:
         w_rm = win_vector(cand["rm"], inc["rm"], tol=1e-6)
         res["win_rate_rm"] = mean_ci(w_rm, cfg.bootstrap, cfg.seed)

@@ -200,7 +200,8 @@ def headline(summary: dict) -> str:
     for name, r in summary.get("candidates", {}).items():
         w = r["oracle_win_rate"]
         lines.append(f"  {name}: oracle win rate vs sft {w['mean']:.3f} [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}]"
-                     f" (ties {w.get('ties', float('nan')):.2f} count ½; ceiling {w.get('ceiling', float('nan')):.3f})"
+                     f" (ties {w.get('ties', float('nan')):.2f} count ½; ceiling {w.get('ceiling', float('nan')):.3f};"
+                     f" ties left out {w.get('decisive', {}).get('mean', float('nan')):.3f})"
                      f"  gate {r['verdict']} {('; '.join(r['reasons']))[:160]}")
     return "\n".join(lines)
 
