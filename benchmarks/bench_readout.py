@@ -6,7 +6,9 @@ requests (same 64-token prompts, `ignore_eos`, T new tokens), and rounds alterna
 for the value slots' logprobs (`logprob_token_ids`, what `serve.engine_vllm` sends when the reward is on) and
 requests that do not (the value is still computed in `compute_logits`, just not returned). Same engine, same
 batch, interleaved: the difference is the read-out and nothing else. Per request, TPOT = (last token time - first
-token time) / (T - 1); a round's figure is the median over the batch; the result is the median over rounds.
+token time) / (T - 1); a round's figure is the median over the batch; the result is the median over rounds, and
+the minimum over rounds (`*_min`: other jobs on a shared machine only ever add time, so the minimum is the least
+noisy estimate of the intrinsic cost).
 
 Engines, one after the other:
   no-value-head   the same weights without the head (the floor: what a policy without a reward pays)
@@ -87,18 +89,25 @@ async def _run_engine(name: str, model: str, batches: list[int], tokens: int, ro
             for r in range(rounds):
                 for read in (modes if r % 2 == 0 else modes[::-1]):
                     per[read].append(await batch_tpot(n, read))
-            entry = {"tpot_ms_off": statistics.median(per[False]), "rounds_off": per[False]}
-            if slots is not None:
-                on = statistics.median(per[True])
-                ratios = [b / a for a, b in zip(per[False], per[True])]
-                entry.update(tpot_ms_on=on, rounds_on=per[True], readout_ms_per_step=on - entry["tpot_ms_off"],
-                             ratio_on_off=statistics.median(ratios))
+            entry = summarise(per)
             out[str(n)] = entry
             print(f"{name} batch {n}: " + ", ".join(f"{k} {v:.4g}" for k, v in entry.items()
                                                     if not k.startswith("rounds")), flush=True)
     finally:
         await asyncio.to_thread(llm.shutdown)
     return out
+
+
+def summarise(per: dict[bool, list[float]]) -> dict:
+    """Per batch size: median and minimum TPOT over rounds, read-out off (and on), their difference and ratio."""
+    entry = {"tpot_ms_off": statistics.median(per[False]), "tpot_ms_off_min": min(per[False]), "rounds_off": per[False]}
+    if per.get(True):
+        on, on_min = statistics.median(per[True]), min(per[True])
+        entry.update(tpot_ms_on=on, tpot_ms_on_min=on_min, rounds_on=per[True],
+                     readout_ms_per_step=on - entry["tpot_ms_off"], readout_ms_per_step_min=on_min - entry["tpot_ms_off_min"],
+                     ratio_on_off=statistics.median([b / a for a, b in zip(per[False], per[True])]),
+                     ratio_on_off_min=on_min / entry["tpot_ms_off_min"])
+    return entry
 
 
 def plot(result: dict, path: Path) -> None:
@@ -169,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             e = result["engines"].get(name, {}).get(n)
             if e:
                 summary[f"{name} batch {n}"] = {
-                    "readout_ms_per_step": round(e["readout_ms_per_step"], 4), "ratio_on_off": round(e["ratio_on_off"], 4),
+                    **{k: round(e[k], 4) for k in ("readout_ms_per_step", "ratio_on_off", "readout_ms_per_step_min",
+                                                   "ratio_on_off_min")},
                     **({"ratio_on_vs_no_value_head": round(e["tpot_ms_on"] / base["tpot_ms_off"], 4)} if base else {})}
     result["summary"] = summary
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,13 +9,19 @@ no text, so a request that carries `extra_args={"aligngate_values_only": True}` 
 ask for logprobs) gets its logprobs processor without a tokenizer. The answer's own text is detokenized as
 usual (that is a separate detokenizer). Measured in benchmarks/results/serve_reward.json.
 
-2. Worker process (`apply_sampler`, called by `serve.vllm_model` when the value-head model is built): vLLM's
-`Sampler.gather_specific_token_logprobs` fills its [batch, ids] index and mask with a Python loop over the rows,
-two small tensor writes per request: 0.67 ms per step at batch 64 here (`python -m benchmarks.bench_readout`),
-on the engine's critical path, next to a ~5 ms step of the tiny default model. Every aligngate request asks for
-the same slot ids, so when all requesting rows ask for one list the index is one broadcast and the mask one
-row-indexed write (same tensors, same values; tests/test_vllm_patches.py compares them with the original).
-Mixed lists (a client's own `logprob_token_ids`, should that ever be passed through) take vLLM's own loop.
+2. Worker process (`apply_sampler`, called by `serve.vllm_model` when the value-head model is built), two parts:
+   - slots-only steps: when the rows that ask for `logprob_token_ids` all ask for the same ids and no row asks
+     for top logprobs (every aligngate request with the reward on, unless a client asked for logprobs), the
+     slots' columns are copied out of the logits before sampling edits them in place and the step samples with
+     no logprobs at all. vLLM would run a full log-softmax over [batch, vocab] and a rank count over it every
+     step only for `lp[A] - lp[B]`, where the normaliser cancels: the raw logits give the same value (and the
+     same entropy, `C - B`). The sampled token's own column is not computed (NaN, rank 0): values-only
+     requests never read it. At a 32k vocabulary that pass is the read-out's main cost.
+   - otherwise (a client's top logprobs in the same batch): vLLM's `gather_specific_token_logprobs` fills its
+     [batch, ids] index and mask with a Python loop over the rows, two small tensor writes per request (0.60 ms
+     per step at batch 64 here); when all requesting rows ask for one list it is one broadcast instead.
+   Measured with `python -m benchmarks.bench_readout` (engines `vllm-gather` vs `patched`); tests/test_vllm_patches.py
+   compares both parts with vLLM's own code.
 
 Each is applied once, idempotent, and inert if vLLM's internals move (the reward still works, only slower).
 """
@@ -65,8 +71,9 @@ def apply_sampler() -> None:
         log.warning("vllm_patch_skipped", reason="vllm.v1.sample.sampler.Sampler not found")
         return
     original = getattr(Sampler, "gather_specific_token_logprobs", None)
-    if original is None:
-        log.warning("vllm_patch_skipped", reason="Sampler.gather_specific_token_logprobs not found")
+    original_forward = getattr(Sampler, "forward", None)
+    if original is None or original_forward is None:
+        log.warning("vllm_patch_skipped", reason="Sampler.gather_specific_token_logprobs / forward not found")
         return
 
     def gather_specific_token_logprobs(self, logprobs, logprob_token_ids, sampled):
@@ -75,9 +82,50 @@ def apply_sampler() -> None:
             return original(self, logprobs, logprob_token_ids, sampled)
         return gather_uniform(logprobs, list(logprob_token_ids), lists[0], sampled)
 
+    def forward(self, logits, sampling_metadata, predict_bonus_token=False, logprobs_mode_override=None):
+        md = sampling_metadata
+        ids_map = md.logprob_token_ids
+        if (ids_map and md.max_num_logprobs is None and not predict_bonus_token
+                and (logprobs_mode_override or self.logprobs_mode) == "raw_logprobs"):
+            lists = list(ids_map.values())
+            if all(ids == lists[0] for ids in lists):
+                return slots_only_forward(self, original_forward, logits, md, list(ids_map), lists[0])
+        return original_forward(self, logits, md, predict_bonus_token, logprobs_mode_override)
+
     Sampler.gather_specific_token_logprobs = gather_specific_token_logprobs
+    Sampler.forward = forward
     Sampler._aligngate_original_gather = staticmethod(original)
+    Sampler._aligngate_original_forward = staticmethod(original_forward)
     _sampler_applied = True
+
+
+def slots_only_forward(sampler, original_forward, logits, md, rows: list[int], token_ids: list[int]):
+    """Sample with no logprobs, and return the requested columns' raw logits in vLLM's LogprobsTensors layout."""
+    import dataclasses
+
+    import torch
+    from vllm.v1.outputs import LogprobsTensors
+
+    batch, device = logits.shape[0], logits.device
+    n = len(token_ids)
+    cols = torch.tensor(token_ids, dtype=torch.int64, device=device)
+    slot_logits = logits.index_select(1, cols).float()  # before logit bias / temperature edit `logits` in place
+    out = original_forward(sampler, logits, dataclasses.replace(md, logprob_token_ids=None))
+    index = torch.empty(batch, n + 1, dtype=torch.int64, device=device)
+    index[:, 1:] = cols
+    index[:, 0] = out.sampled_token_ids[:, 0]
+    values = torch.empty(batch, n + 1, dtype=torch.float32, device=device)
+    values[:, 0] = float("nan")  # the sampled token's logprob: not computed (values-only requests never read it)
+    values[:, 1:] = slot_logits
+    if len(rows) < batch:
+        valid = torch.zeros(batch, n + 1, dtype=torch.bool, device=device)
+        valid[:, 0] = True
+        valid[torch.tensor(rows, dtype=torch.int64, device=device), 1:] = True
+        index.masked_fill_(~valid, 0)
+        values.masked_fill_(~valid, float("-inf"))
+    out.logprobs_tensors = LogprobsTensors(logprob_token_ids=index.to(torch.int32), logprobs=values,
+                                           selected_token_ranks=torch.zeros(batch, dtype=torch.int64, device=device))
+    return out
 
 
 def gather_uniform(logprobs, rows: list[int], token_ids: list[int], sampled):
