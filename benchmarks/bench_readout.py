@@ -48,6 +48,7 @@ async def _run_engine(name: str, model: str, batches: list[int], tokens: int, ro
     from vllm.v1.engine.async_llm import AsyncLLM
 
     from serve import vllm_patches
+    from serve.engine_vllm import value_params
     from serve.value_slots import read_value_slots
 
     slots = read_value_slots(model)
@@ -59,14 +60,9 @@ async def _run_engine(name: str, model: str, batches: list[int], tokens: int, ro
         model=model, max_model_len=512, max_num_seqs=max(batches), disable_log_stats=True,
         enable_prefix_caching=False, **over))
 
-    def params(read: bool) -> SamplingParams:
-        kw: dict = {}
-        if slots is not None:
-            kw["logit_bias"] = {i: -100.0 for i in slots.ids()}
-            if read:
-                kw.update(logprob_token_ids=slots.ids(), flat_logprobs=True, extra_args={vllm_patches.FLAG: True})
+    def params(read: bool) -> SamplingParams:  # what the gateway's engine sends, reward on or off
         return SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=1.0,
-                              output_kind=RequestOutputKind.DELTA, **kw)
+                              output_kind=RequestOutputKind.DELTA, **value_params(slots, read))
 
     async def one(i: int, read: bool) -> float:
         prompt = [5 + (i * 7 + j) % 200 for j in range(64)]

@@ -173,15 +173,7 @@ class VLLMEngine(Engine):
         """Ask vLLM for the reserved slots' log-probabilities (unless the client wants logprobs: vLLM returns one
         or the other, and the client's wins; the reward then comes from a finalize step) and keep the slots out
         of sampling (they are at -1000 already; the bias is belt and braces)."""
-        s = self.slots
-        if s is None:
-            return {}
-        out: dict = {"logit_bias": {i: -100.0 for i in s.ids()}}
-        if req.with_values and req.logprobs is None:
-            out["logprob_token_ids"] = s.ids()
-            out["flat_logprobs"] = True  # primitive lists, no Logprob object per id and position
-            out["extra_args"] = {vllm_patches.FLAG: True}  # no detokenization of the slot ids (vllm_patches)
-        return out
+        return value_params(self.slots, read=req.with_values and req.logprobs is None)
 
     def _sampling_params(self, req: GenerationRequest, prompt_len: int):
         from vllm.sampling_params import RequestOutputKind, SamplingParams
@@ -315,6 +307,19 @@ def chat_prompt_ids(tok, messages: list[dict]) -> list[int]:
         ids += tok.encode(m["content"] or "", add_special_tokens=False, split_special_tokens=True)
         pos = i + len(k)
     return ids + tok.encode(text[pos:], add_special_tokens=False)
+
+
+def value_params(slots, read: bool) -> dict:
+    """SamplingParams keywords for a value-head model: the slots kept out of sampling, and with `read` their
+    per-position read-out (flat lists, no detokenization of the slot ids: `serve.vllm_patches`)."""
+    if slots is None:
+        return {}
+    out: dict = {"logit_bias": {i: -100.0 for i in slots.ids()}}
+    if read:
+        out["logprob_token_ids"] = slots.ids()
+        out["flat_logprobs"] = True  # primitive lists, no Logprob object per id and position
+        out["extra_args"] = {vllm_patches.FLAG: True}  # no detokenization of the slot ids (vllm_patches)
+    return out
 
 
 def _import_engine_modules() -> None:

@@ -37,7 +37,7 @@ FLAG = "aligngate_values_only"
 _applied = False
 _sampler_applied = False
 SAMPLER_PATCH_ENV = "ALIGNGATE_SAMPLER_PATCH"
-"""Set to 0 to keep vLLM's own gather (read where the worker builds the model; benchmarks.bench_readout compares)."""
+"""Set to 0 to keep vLLM's own sampler (read where the worker builds the model; benchmarks.bench_readout compares)."""
 
 
 def apply() -> None:
@@ -77,19 +77,18 @@ def apply_sampler() -> None:
         return
 
     def gather_specific_token_logprobs(self, logprobs, logprob_token_ids, sampled):
-        lists = list(logprob_token_ids.values()) if logprob_token_ids else None
-        if not lists or any(ids != lists[0] for ids in lists):
+        ids = uniform_ids(logprob_token_ids)
+        if ids is None:
             return original(self, logprobs, logprob_token_ids, sampled)
-        return gather_uniform(logprobs, list(logprob_token_ids), lists[0], sampled)
+        return gather_uniform(logprobs, list(logprob_token_ids), ids, sampled)
 
     def forward(self, logits, sampling_metadata, predict_bonus_token=False, logprobs_mode_override=None):
         md = sampling_metadata
-        ids_map = md.logprob_token_ids
-        if (ids_map and md.max_num_logprobs is None and not predict_bonus_token
+        if (md.max_num_logprobs is None and not predict_bonus_token
                 and (logprobs_mode_override or self.logprobs_mode) == "raw_logprobs"):
-            lists = list(ids_map.values())
-            if all(ids == lists[0] for ids in lists):
-                return slots_only_forward(self, original_forward, logits, md, list(ids_map), lists[0])
+            ids = uniform_ids(md.logprob_token_ids)
+            if ids is not None:
+                return slots_only_forward(self, original_forward, logits, md, list(md.logprob_token_ids), ids)
         return original_forward(self, logits, md, predict_bonus_token, logprobs_mode_override)
 
     Sampler.gather_specific_token_logprobs = gather_specific_token_logprobs
@@ -97,6 +96,30 @@ def apply_sampler() -> None:
     Sampler._aligngate_original_gather = staticmethod(original)
     Sampler._aligngate_original_forward = staticmethod(original_forward)
     _sampler_applied = True
+
+
+def uniform_ids(logprob_token_ids: dict[int, list[int]] | None) -> list[int] | None:
+    """The one id list every requesting row asks for, or None (no row asks, or the lists differ)."""
+    lists = list(logprob_token_ids.values()) if logprob_token_ids else None
+    if not lists or any(ids != lists[0] for ids in lists):
+        return None
+    return lists[0]
+
+
+def slot_index(batch: int, rows: list[int], token_ids: list[int], sampled, device):
+    """vLLM's [batch, 1 + len(token_ids)] index (column 0 the sampled token) and, when some rows asked for nothing,
+    the mask of valid entries (those rows' padded ids set to 0, as in vLLM); else None."""
+    import torch
+
+    index = torch.empty(batch, len(token_ids) + 1, dtype=torch.int64, device=device)
+    index[:, 1:] = torch.tensor(token_ids, dtype=torch.int64, device=device)
+    index[:, 0] = sampled
+    if len(rows) == batch:
+        return index, None
+    valid = torch.zeros_like(index, dtype=torch.bool)
+    valid[:, 0] = True
+    valid[torch.tensor(rows, dtype=torch.int64, device=device), 1:] = True
+    return index.masked_fill_(~valid, 0), valid
 
 
 def slots_only_forward(sampler, original_forward, logits, md, rows: list[int], token_ids: list[int]):
@@ -107,21 +130,14 @@ def slots_only_forward(sampler, original_forward, logits, md, rows: list[int], t
     from vllm.v1.outputs import LogprobsTensors
 
     batch, device = logits.shape[0], logits.device
-    n = len(token_ids)
     cols = torch.tensor(token_ids, dtype=torch.int64, device=device)
     slot_logits = logits.index_select(1, cols).float()  # before logit bias / temperature edit `logits` in place
     out = original_forward(sampler, logits, dataclasses.replace(md, logprob_token_ids=None))
-    index = torch.empty(batch, n + 1, dtype=torch.int64, device=device)
-    index[:, 1:] = cols
-    index[:, 0] = out.sampled_token_ids[:, 0]
-    values = torch.empty(batch, n + 1, dtype=torch.float32, device=device)
+    index, valid = slot_index(batch, rows, token_ids, out.sampled_token_ids[:, 0], device)
+    values = torch.empty(index.shape, dtype=torch.float32, device=device)
     values[:, 0] = float("nan")  # the sampled token's logprob: not computed (values-only requests never read it)
     values[:, 1:] = slot_logits
-    if len(rows) < batch:
-        valid = torch.zeros(batch, n + 1, dtype=torch.bool, device=device)
-        valid[:, 0] = True
-        valid[torch.tensor(rows, dtype=torch.int64, device=device), 1:] = True
-        index.masked_fill_(~valid, 0)
+    if valid is not None:
         values.masked_fill_(~valid, float("-inf"))
     out.logprobs_tensors = LogprobsTensors(logprob_token_ids=index.to(torch.int32), logprobs=values,
                                            selected_token_ranks=torch.zeros(batch, dtype=torch.int64, device=device))
@@ -135,19 +151,10 @@ def gather_uniform(logprobs, rows: list[int], token_ids: list[int], sampled):
     from vllm.v1.outputs import LogprobsTensors
     from vllm.v1.sample.ops.logprobs import batched_count_greater_than
 
-    batch, device = logprobs.shape[0], logprobs.device
-    n = len(token_ids)
-    index = torch.empty(batch, n + 1, dtype=torch.int64, device=device)
-    index[:, 1:] = torch.tensor(token_ids, dtype=torch.int64, device=device)
-    index[:, 0] = sampled
-    if len(rows) == batch:
-        gathered = logprobs.gather(-1, index)
-    else:
-        valid = torch.zeros(batch, n + 1, dtype=torch.bool, device=device)
-        valid[:, 0] = True
-        valid[torch.tensor(rows, dtype=torch.int64, device=device), 1:] = True
-        index.masked_fill_(~valid, 0)  # vLLM leaves a padded id at 0
-        gathered = logprobs.gather(-1, index).masked_fill_(~valid, float("-inf"))
+    index, valid = slot_index(logprobs.shape[0], rows, token_ids, sampled, logprobs.device)
+    gathered = logprobs.gather(-1, index)
+    if valid is not None:
+        gathered.masked_fill_(~valid, float("-inf"))
     sampled_logprobs = logprobs.gather(-1, sampled.unsqueeze(-1))
     torch._dynamo.decorators.mark_unbacked(logprobs, 0)
     torch._dynamo.decorators.mark_unbacked(sampled_logprobs, 0)
