@@ -2,8 +2,8 @@
 
 Streaming waits for the engine's first step before sending headers, so a request the engine refuses (prompt
 too long, version not ready) still gets a proper 4xx/5xx status instead of a 200 with an error event.
-A client that goes away cancels the engine request: for streams Starlette cancels the body iterator, for
-non-streamed answers `_until_disconnect` races the generation against `http.disconnect`.
+A client that goes away cancels the request wherever it waits (queue slot, first token, stream), which aborts the
+engine request: one `DisconnectWatch` per request (serve/streaming.py), answered 499.
 
 Admission, in order: request limits (400) -> route (404/503) -> the caller's key limits (429, serve/ratelimit.py)
 -> the version's bounded queue (503, serve/admission.py). Both are released when the request ends, however it
@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from serve import openai_format as fmt
 from serve import reward as reward_stage
@@ -35,12 +35,9 @@ from serve.ratelimit import RateLimited, RateLimiter, TooLargeForKey
 from serve.reward import Reward, RewardTracker
 from serve.router import Route, UnknownModel
 from serve.schemas import ChatCompletionRequest, CompletionRequest
+from serve.streaming import DisconnectWatch, EventStream
 
 log = get_logger(__name__)
-
-
-class ClientGone(Exception):
-    pass
 
 
 @dataclass
@@ -49,35 +46,6 @@ class Guards:
 
     limiter: RateLimiter
     admission: Admission
-
-
-async def _until_disconnect(request: Request, awaitable):
-    """Run `awaitable`; if the client disconnects first, cancel it (which aborts the engine request)."""
-    task = asyncio.ensure_future(awaitable)
-
-    async def watch():
-        while True:
-            if (await request.receive())["type"] == "http.disconnect":
-                return
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:  # e.g. the request's deadline (_within)
-        task.cancel()
-        # let the cancelled step finish before anyone closes the engine's generator ("already running" otherwise)
-        await asyncio.wait({task})
-        raise
-    finally:
-        watcher.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    try:
-        await task
-    except BaseException:
-        pass
-    raise ClientGone()
 
 
 def _check_limits(gw: Gateway, body: ChatCompletionRequest | CompletionRequest) -> None:
@@ -343,10 +311,22 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
                 "routed_by": routed_by}}, t0, _prompt_text(body), client_logprobs,
                 RewardTracker(body.n, keep_tokens, body.return_values), wait_audit=body.wait_for_audit)
     headers = {"x-aligngate-version": engine.name, "x-request-id": rid}
+    # from here the client's disconnect cancels this task wherever it waits (serve/streaming.py)
+    watch = DisconnectWatch(request.receive)
     if guards is not None:
         spec = gw.specs.get(engine.name)
         cost = _reservation(req, call.prompt_text, spec.max_model_len if spec else 512) if key is not None else 0
-        call.release = await _admit(gw, guards, key, engine, cost, deadline)
+        try:
+            call.release = await _admit(gw, guards, key, engine, cost, deadline)
+        except asyncio.CancelledError:
+            watch.stop()
+            if not watch.cancelled_by_client():
+                raise
+            gw.metrics.errors.labels(engine.name, "client_disconnected").inc()
+            return Response(status_code=499)  # gone while queued: nobody is left to answer
+        except BaseException:
+            watch.stop()
+            raise
     call.deadline = deadline
     gw.shadow.maybe_mirror(gw, engine.name, req, call.prompt_text)  # background copies, never awaited
 
@@ -356,7 +336,7 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
     handed_over = False
     try:
         try:
-            first: Step = await _within(deadline, _until_disconnect(request, agen.__anext__()))
+            first: Step = await _within(deadline, agen.__anext__())
         except StopAsyncIteration:
             first = Step([], 0, 0, True)
         _check_prompt_tokens(gw, call.kind, first.prompt_tokens)
@@ -365,9 +345,8 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
         if body.stream:
             call.include_usage = bool(body.stream_options and body.stream_options.include_usage)
             handed_over = True  # the stream now owns agen and the call's bookkeeping
-            return StreamingResponse(_stream(call, agen, first), media_type="text/event-stream",
-                                     headers={**headers, "Cache-Control": "no-cache"})
-        acc, step = await _within(deadline, _until_disconnect(request, _collect(call, agen, first)))
+            return EventStream(_stream(call, agen, first), watch, {**headers, "Cache-Control": "no-cache"})
+        acc, step = await _within(deadline, _collect(call, agen, first))
         call.used_tokens = step.prompt_tokens + step.completion_tokens
         call.completion_tokens = step.completion_tokens
         _check_prompt_tokens(gw, call.kind, step.prompt_tokens)
@@ -387,7 +366,9 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
     except APIError as e:  # a limit checked once the engine counted the prompt
         call.status = str(e.status)
         raise
-    except ClientGone:
+    except asyncio.CancelledError:
+        if not watch.cancelled_by_client():
+            raise
         call.status = "499"
         gw.metrics.errors.labels(engine.name, "client_disconnected").inc()
         return Response(status_code=499)
@@ -407,6 +388,7 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
         raise APIError(502, f"the policy engine failed: {e}", type="server_error", code=e.kind) from None
     finally:
         if not handed_over:
+            watch.stop()
             await agen.aclose()
             call.done()
 
