@@ -15,8 +15,8 @@ event (`type: timeout_error`) and `[DONE]`, as engine failures mid-stream do.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -35,7 +35,7 @@ from serve.ratelimit import RateLimited, RateLimiter, TooLargeForKey
 from serve.reward import Reward, RewardTracker
 from serve.router import Route, UnknownModel
 from serve.schemas import ChatCompletionRequest, CompletionRequest
-from serve.streaming import DisconnectWatch, EventStream
+from serve.streaming import EventStream, RequestTimeout, RequestWatch
 
 log = get_logger(__name__)
 
@@ -121,23 +121,6 @@ async def _admit(gw: Gateway, guards: Guards, key: KeyPolicy | None, engine: Eng
     return release
 
 
-class RequestTimeout(Exception):
-    pass
-
-
-async def _within(deadline: float, awaitable):
-    """`awaitable` bounded by the request's deadline (loop time). Raises RequestTimeout when that deadline is what
-    ended it, so a TimeoutError from deeper down is never mistaken for the request's own."""
-    cm = asyncio.timeout_at(deadline)
-    try:
-        async with cm:
-            return await awaitable
-    except TimeoutError:
-        if cm.expired():
-            raise RequestTimeout() from None
-        raise
-
-
 def _timeout_s(gw: Gateway, request: Request) -> float:
     """limits.request_timeout_s, or less when the client sends its own deadline in `x-aligngate-timeout` (seconds;
     a client that will give up anyway should not keep an engine slot busy). It can only shorten the limit."""
@@ -182,7 +165,7 @@ def _route(gw: Gateway, model: str, sticky_key: str | None) -> tuple[Route, Engi
 
 def _generation_request(body: ChatCompletionRequest | CompletionRequest) -> GenerationRequest:
     common = dict(
-        request_id=uuid.uuid4().hex,
+        request_id=os.urandom(16).hex(),
         temperature=body.temperature, top_p=body.top_p, n=body.n, stop=body.stop_list(), seed=body.seed,
         presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty, user=body.user,
         ignore_eos=body.ignore_eos, min_tokens=body.min_tokens, repetition_penalty=body.repetition_penalty,
@@ -214,7 +197,7 @@ class Call:
     include_usage: bool = False
     ttft: float | None = None
     status: str = "200"
-    deadline: float = float("inf")  # loop time
+    watch: RequestWatch | None = None  # the request's client-disconnect and deadline watch
     release: Callable[..., None] | None = None  # admission slot and key lease
     used_tokens: int | None = None  # prompt + completion, when known: corrects the tpm reservation
     completion_tokens: int = 0
@@ -312,7 +295,7 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
                 RewardTracker(body.n, keep_tokens, body.return_values), wait_audit=body.wait_for_audit)
     headers = {"x-aligngate-version": engine.name, "x-request-id": rid}
     # from here the client's disconnect cancels this task wherever it waits (serve/streaming.py)
-    watch = DisconnectWatch(request.receive)
+    watch = RequestWatch(request.receive)
     if guards is not None:
         spec = gw.specs.get(engine.name)
         cost = _reservation(req, call.prompt_text, spec.max_model_len if spec else 512) if key is not None else 0
@@ -320,14 +303,15 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
             call.release = await _admit(gw, guards, key, engine, cost, deadline)
         except asyncio.CancelledError:
             watch.stop()
-            if not watch.cancelled_by_client():
+            if watch.caught() is None:
                 raise
             gw.metrics.errors.labels(engine.name, "client_disconnected").inc()
             return Response(status_code=499)  # gone while queued: nobody is left to answer
         except BaseException:
             watch.stop()
             raise
-    call.deadline = deadline
+    call.watch = watch
+    watch.deadline_at(deadline)  # admission has its own bound (queue_timeout_s, 503); from here, 504 at the deadline
     gw.shadow.maybe_mirror(gw, engine.name, req, call.prompt_text)  # background copies, never awaited
 
     vm = gw.metrics.version(engine.name)
@@ -336,7 +320,7 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
     handed_over = False
     try:
         try:
-            first: Step = await _within(deadline, agen.__anext__())
+            first: Step = await agen.__anext__()
         except StopAsyncIteration:
             first = Step([], 0, 0, True)
         _check_prompt_tokens(gw, call.kind, first.prompt_tokens)
@@ -346,11 +330,11 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
             call.include_usage = bool(body.stream_options and body.stream_options.include_usage)
             handed_over = True  # the stream now owns agen and the call's bookkeeping
             return EventStream(_stream(call, agen, first), watch, {**headers, "Cache-Control": "no-cache"})
-        acc, step = await _within(deadline, _collect(call, agen, first))
+        acc, step = await _collect(call, agen, first)
         call.used_tokens = step.prompt_tokens + step.completion_tokens
         call.completion_tokens = step.completion_tokens
         _check_prompt_tokens(gw, call.kind, step.prompt_tokens)
-        rewards = await _within(deadline, call.rewards(step.prompt_token_ids))
+        rewards = await call.rewards(step.prompt_token_ids)
         extra = {"aligngate": {**call.extra["aligngate"], **_reward_extra(call, rewards)}}
         if call.kind == "chat":
             payload = acc.chat_body(rid, body.model, step.prompt_tokens, step.completion_tokens, extra)
@@ -359,16 +343,17 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
             payload = acc.completion_body(rid, body.model, step.prompt_tokens, step.completion_tokens, extra, prefix)
         vm.tokens.inc(step.completion_tokens)
         return JSONResponse(payload, headers=headers)
-    except RequestTimeout:
-        call.status = "504"
-        gw.metrics.errors.labels(engine.name, "timeout").inc()
-        raise _timeout_error(gw) from None
     except APIError as e:  # a limit checked once the engine counted the prompt
         call.status = str(e.status)
         raise
     except asyncio.CancelledError:
-        if not watch.cancelled_by_client():
+        why = watch.caught()
+        if why is None:
             raise
+        if why == "deadline":
+            call.status = "504"
+            gw.metrics.errors.labels(engine.name, "timeout").inc()
+            raise _timeout_error(gw) from None
         call.status = "499"
         gw.metrics.errors.labels(engine.name, "client_disconnected").inc()
         return Response(status_code=499)
@@ -407,6 +392,15 @@ async def _collect(call: Call, agen: AsyncIterator[Step], first: Step):
     return acc, step
 
 
+async def _timed_out(call: Call) -> AsyncIterator[bytes]:
+    """Headers are sent: the timeout is reported in-band, like an engine failure."""
+    call.status = "504"
+    call.gw.metrics.errors.labels(call.engine.name, "timeout").inc()
+    yield error_sse("the request did not finish within its timeout (limits.request_timeout_s or "
+                    "x-aligngate-timeout); the answer above is incomplete", "timeout_error", "request_timeout")
+    yield fmt.DONE
+
+
 async def _stream(call: Call, agen: AsyncIterator[Step], first: Step) -> AsyncIterator[bytes]:
     gw, version = call.gw, call.engine.name
     vm = gw.metrics.version(version)
@@ -420,10 +414,9 @@ async def _stream(call: Call, agen: AsyncIterator[Step], first: Step) -> AsyncIt
             track(d)
         if first.deltas:  # one write per step: a step may carry several events (serve/engine_remote.py)
             yield b"".join([chunker.chunk(d) for d in first.deltas])
-        deadline = call.deadline
-        while True:  # not `async for`: each step is awaited under the request's deadline
+        while True:  # the request's watch bounds every step: a deadline or a client gone cancels this task
             try:
-                step = await _within(deadline, agen.__anext__())
+                step = await agen.__anext__()
             except StopAsyncIteration:
                 break
             now = time.perf_counter()
@@ -437,20 +430,27 @@ async def _stream(call: Call, agen: AsyncIterator[Step], first: Step) -> AsyncIt
         # the reward rides in one extra chunk after the last token: it never delays the first token; usage, reward
         # and [DONE] go out in one write
         tail = chunker.usage_chunk(step.prompt_tokens, step.completion_tokens) if call.include_usage else b""
-        rewards = await _within(deadline, call.rewards(step.prompt_token_ids))
+        rewards = await call.rewards(step.prompt_token_ids)
         yield tail + chunker.extra_chunk({"aligngate": {"version": version, **_reward_extra(call, rewards)}}) + fmt.DONE
-    except RequestTimeout:  # headers are sent: the timeout is reported in-band, like an engine failure
-        call.status = "504"
-        gw.metrics.errors.labels(version, "timeout").inc()
-        yield error_sse("the request did not finish within its timeout (limits.request_timeout_s or "
-                        "x-aligngate-timeout); the answer above is incomplete", "timeout_error", "request_timeout")
-        yield fmt.DONE
+    except asyncio.CancelledError:
+        why = call.watch.caught()
+        if why == "deadline":
+            async for chunk in _timed_out(call):
+                yield chunk
+            return
+        call.status = "499"
+        gw.metrics.errors.labels(version, "client_disconnected").inc()
+        if why is None:
+            raise
+    except RequestTimeout:  # the deadline passed while a slow client held up a write (serve/streaming.py)
+        async for chunk in _timed_out(call):
+            yield chunk
     except EngineError as e:  # headers are sent: report in-band, then end the stream cleanly
         call.status = "502"
         gw.metrics.errors.labels(version, e.kind).inc()
         yield error_sse(f"the policy engine failed mid-stream: {e}", "server_error", e.kind)
         yield fmt.DONE
-    except (asyncio.CancelledError, GeneratorExit):
+    except GeneratorExit:
         call.status = "499"
         gw.metrics.errors.labels(version, "client_disconnected").inc()
         raise
