@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admission", choices=["adaptive", "fifo"], default="adaptive",
                    help="overload: the gateway's latency-bounded admission (limits.adaptive, serve/adaptive.py; "
                         "default) or the plain bounded FIFO queue (limits.max_queue)")
+    p.add_argument("--adaptive", default="{}", metavar="JSON",
+                   help="overload, --admission adaptive: the limits.adaptive settings, e.g. "
+                        "'{\"tolerance\": 1.3, \"queue_wait_share\": 0.25}' (default: the gateway's defaults)")
     p.add_argument("--reward-floor", type=float, help="reward-goodput floor instead of the profile's")
     p.add_argument("--no-readme", action="store_true", help="do not refresh benchmarks/README.md")
     return p
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
               argv=argv, dataset=args.dataset or ("chat" if args.scenario in ("vs-litellm", "cache") else "random"),
               vllm_urls=[u.rstrip("/") for u in args.vllm_url], engine=args.engine, vllm_servers=args.vllm_servers,
               exclusive=args.one_at_a_time or prof.needs_gpu, reward_off=args.reward_off,
-              admission=args.admission)
+              admission=args.admission, adaptive=args.adaptive)
     try:
         result = SCENARIOS[args.scenario][0](ctx)
     except Skip as e:

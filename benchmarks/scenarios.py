@@ -51,6 +51,7 @@ class Ctx:
     vllm_servers: int = 1
     reward_off: bool = False  # vs-vllm: serve the weights without the value head (the gateway alone, no reward)
     admission: str = "adaptive"  # overload: limits.adaptive on (latency-bounded) or the plain bounded FIFO
+    adaptive: str = "{}"  # overload: the limits.adaptive settings (JSON)
     exclusive: bool = False  # one engine-backed system resident at a time (GPU profiles: engines can't share it)
     upstream_model: str = H.PUBLIC_MODEL  # the model name the vLLM server(s) serve
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="aligngate-bench-")))
@@ -441,7 +442,7 @@ def overload(ctx: Ctx) -> dict:
         version = H.version_spec("stable", ctx.prof, 1.0, model=ctx.model)
         how = "in-process engine"
     gw_proc_index = len(ctx.procs)
-    env = {"ALIGNGATE_LIMITS__ADAPTIVE": "{}"} if ctx.admission == "adaptive" else {}
+    env = {"ALIGNGATE_LIMITS__ADAPTIVE": ctx.adaptive} if ctx.admission == "adaptive" else {}
     url = ctx.gateway("aligngate", [version], **env)
     gw = ctx.procs[gw_proc_index]
     ctx.warm({"aligngate": url})
@@ -454,7 +455,8 @@ def overload(ctx: Ctx) -> dict:
     loads = {"unloaded": ctx.load(max(1.0, 0.25 * capacity), max(6, int(0.25 * capacity * secs)), label="unloaded"),
              "2x-capacity": ctx.load(2 * capacity, max(6, int(2 * capacity * secs)), label="2x-capacity")}
     result = ctx.result({n: url for n in loads}, "unloaded", {
-        "unloaded": f"aligngate ({how}, admission: {ctx.admission}) at 0.25× capacity "
+        "unloaded": f"aligngate ({how}, admission: {ctx.admission}"
+                    f"{' ' + ctx.adaptive if ctx.admission == 'adaptive' else ''}) at 0.25× capacity "
                     f"({loads['unloaded'].rate:.1f} req/s)",
         "2x-capacity": f"the same gateway at 2× capacity ({loads['2x-capacity'].rate:.1f} req/s offered)"})
     result["capacity"] = {"req_s": capacity, "load": burst.describe(), "run": {k: v for k, v in cap_run.items()

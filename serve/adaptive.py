@@ -9,6 +9,10 @@ within `tolerance` x its baseline, the best TPOT the version has shown recently:
   baseline (the 10th percentile of those interval medians over the last `baseline_window_s`: a low-load
   reference that one lucky interval on a noisy machine does not set);
 - above `tolerance` x baseline: the limit shrinks multiplicatively (x `decrease`), at most once per interval;
+- the same for the engine's own time to first token (TTFT minus the gateway's queue wait, against its own
+  baseline, with `ttft_tolerance`): requests admitted beyond what the engine schedules at once wait inside the
+  engine, where TPOT does not show it but TTFT does (vLLM queues past `max_num_seqs`; a burst of prefills
+  stretches every step). The queue wait is left out so that the gateway's own line cannot feed the limit;
 - otherwise, if the limit was reached during the interval (it is what holds traffic back), it grows additively
   (+ max(1, limit / 8)) up to the configured `max_concurrency`.
 
@@ -36,6 +40,7 @@ class AdaptiveLimit:
     ceiling: int  # the configured max_concurrency
     floor: int = 8
     tolerance: float = 1.5
+    ttft_tolerance: float = 2.0
     decrease: float = 0.9
     interval_s: float = 0.5
     min_samples: int = 8
@@ -46,6 +51,8 @@ class AdaptiveLimit:
     start: int = 32
     saturated: bool = False  # the limit held a request back during the current interval
     _tpots: list[float] = field(default_factory=list)
+    _ttfts: list[float] = field(default_factory=list)
+    _ttft_medians: deque = field(default_factory=deque)  # (time, median engine TTFT of one interval)
     _decodes: deque = field(default_factory=lambda: deque(maxlen=256))
     _decode_median: float | None = None  # of _decodes, refreshed once per interval (not per queued request)
     _medians: deque = field(default_factory=deque)  # (time, median TPOT of one interval)
@@ -58,10 +65,11 @@ class AdaptiveLimit:
 
     @property
     def baseline(self) -> float | None:
-        if not self._medians:
-            return None
-        ms = sorted(m for _, m in self._medians)
-        return ms[len(ms) // 10]
+        return _low(self._medians)
+
+    @property
+    def ttft_baseline(self) -> float | None:
+        return _low(self._ttft_medians)
 
     def queue_wait_s(self, cap_s: float) -> float:
         """How long a request may wait for a slot now."""
@@ -69,10 +77,13 @@ class AdaptiveLimit:
             return cap_s
         return min(cap_s, self.queue_wait_share * self._decode_median)
 
-    def observe(self, tpot_s: float | None, decode_s: float | None) -> None:
-        """A finished request's TPOT and decode time, E2E - TTFT (None when it had < 2 tokens or failed)."""
+    def observe(self, tpot_s: float | None, decode_s: float | None, ttft_s: float | None = None) -> None:
+        """A finished request's TPOT, decode time (E2E - TTFT) and engine TTFT (TTFT - queue wait); None when it
+        had < 2 tokens or failed."""
         if tpot_s is not None and tpot_s > 0:
             self._tpots.append(tpot_s)
+        if ttft_s is not None and ttft_s > 0:
+            self._ttfts.append(ttft_s)
         if decode_s is not None:
             self._decodes.append(decode_s)
         now = self.clock()
@@ -86,13 +97,31 @@ class AdaptiveLimit:
             self._decode_median = statistics.median(self._decodes)
         if len(self._tpots) < self.min_samples:
             return
-        recent = statistics.median(self._tpots)
-        self._tpots.clear()
-        self._medians.append((now, recent))
-        while self._medians and self._medians[0][0] < now - self.baseline_window_s:
-            self._medians.popleft()
-        base = self.baseline
-        if base is not None and recent > self.tolerance * base:
+        recent = _roll(self._tpots, self._medians, now, self.baseline_window_s)
+        recent_ttft = _roll(self._ttfts, self._ttft_medians, now, self.baseline_window_s) \
+            if len(self._ttfts) >= self.min_samples else None
+        base, base_ttft = self.baseline, self.ttft_baseline
+        slow = base is not None and recent > self.tolerance * base
+        late = recent_ttft is not None and base_ttft is not None and recent_ttft > self.ttft_tolerance * base_ttft
+        if slow or late:
             self.limit = max(self.floor, int(self.limit * self.decrease))
         elif saturated:
             self.limit = min(self.ceiling, self.limit + max(1, self.limit // 8))
+
+
+def _roll(samples: list[float], medians: deque, now: float, window_s: float) -> float:
+    """The interval's median (samples cleared), appended to the window of interval medians."""
+    recent = statistics.median(samples)
+    samples.clear()
+    medians.append((now, recent))
+    while medians and medians[0][0] < now - window_s:
+        medians.popleft()
+    return recent
+
+
+def _low(medians: deque) -> float | None:
+    """The baseline: the 10th percentile of the window's interval medians."""
+    if not medians:
+        return None
+    ms = sorted(m for _, m in medians)
+    return ms[len(ms) // 10]

@@ -58,10 +58,10 @@ class Slots:
                 raise Overloaded(f"no slot freed within {timeout_s:g} s") from None
             raise
 
-    def release(self, tpot_s: float | None = None, decode_s: float | None = None) -> None:
-        """A request is done (its TPOT and decode time feed the adaptive limit, when on)."""
+    def release(self, tpot_s: float | None = None, decode_s: float | None = None, ttft_s: float | None = None) -> None:
+        """A request is done (its TPOT, decode time and engine TTFT feed the adaptive limit, when on)."""
         if self.adaptive is not None:
-            self.adaptive.observe(tpot_s, decode_s)
+            self.adaptive.observe(tpot_s, decode_s, ttft_s)
             if self.active > self.limit:  # the limit shrank: this slot is retired, not handed on
                 self.active -= 1
                 return
@@ -97,7 +97,7 @@ class Admission:
             conc = (spec.max_concurrency if spec else None) or self.limits.max_concurrency
             queue = spec.max_queue if spec and spec.max_queue is not None else self.limits.max_queue
             a = self.limits.adaptive
-            adaptive = None if a is None else AdaptiveLimit(conc, a.min_concurrency, a.tolerance,
+            adaptive = None if a is None else AdaptiveLimit(conc, a.min_concurrency, a.tolerance, a.ttft_tolerance,
                                                             queue_wait_share=a.queue_wait_share)
             s = self.slots[name] = Slots(conc, queue, adaptive)
         return s

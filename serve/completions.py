@@ -114,8 +114,9 @@ async def _admit(gw: Gateway, guards: Guards, key: KeyPolicy | None, engine: Eng
         guards.limiter.release(lease, refund=True)
         raise
 
-    def release(used_tokens: int | None, tpot_s: float | None = None, decode_s: float | None = None) -> None:
-        slots.release(tpot_s, decode_s)
+    def release(used_tokens: int | None, tpot_s: float | None = None, decode_s: float | None = None,
+                ttft_s: float | None = None) -> None:
+        slots.release(tpot_s, decode_s, ttft_s)
         guards.limiter.release(lease, used_tokens)
 
     return release
@@ -199,6 +200,7 @@ class Call:
     status: str = "200"
     watch: RequestWatch | None = None  # the request's client-disconnect and deadline watch
     release: Callable[..., None] | None = None  # admission slot and key lease
+    admitted: float | None = None  # perf_counter when the slot was granted
     used_tokens: int | None = None  # prompt + completion, when known: corrects the tpm reservation
     completion_tokens: int = 0
     wait_audit: bool = False
@@ -215,7 +217,9 @@ class Call:
         if self.release is not None:
             decode = e2e - self.ttft if self.status == "200" and self.ttft is not None else None
             tpot = decode / (self.completion_tokens - 1) if decode is not None and self.completion_tokens > 1 else None
-            self.release(self.used_tokens, tpot, decode)
+            # the engine's own TTFT: from the slot to the first step (the gateway's queue wait left out)
+            engine_ttft = self.ttft - (self.admitted - self.t0) if decode is not None and self.admitted else None
+            self.release(self.used_tokens, tpot, decode, engine_ttft)
         self.gw.metrics.version(name).in_flight.dec()
         self.gw.metrics.requests.labels(name, self.endpoint, self.status).inc()
         if self.status == "200":
@@ -227,18 +231,26 @@ class Call:
         gw = self.gw
         rewards = await reward_stage.rewards(self.engine, self.tracker, prompt_ids, gw.settings.reward_position,
                                              self.client_logprobs, gw.quality.cache, self.prompt_text)
+        for r in rewards:
+            if r is not None:
+                gw.stats.record_reward(self.engine.name, r.score)  # the canary gate's reward input
+        if self.wait_audit:
+            self.audits = await _audit_results(self._observe(rewards), gw.settings.audit_wait_timeout_s)
+        else:  # the monitor, response log and audit sampling run just after the answer's last bytes are written
+            asyncio.get_running_loop().call_soon(self._observe, rewards)
+        return rewards
+
+    def _observe(self, rewards: list[Reward | None]) -> list:
+        """The monitor stage per choice (serve/quality.py): synchronous, never raises; audit futures when waited."""
         futures = []
         for i, r in enumerate(rewards):
             c = self.tracker.choices[i]
             rid = self.rid if i == 0 else f"{self.rid}-{i}"
-            futures.append(gw.quality.observe(self.engine.name, rid, self.prompt_text, self.tracker.response_text(i),
-                                              r.score if r else None, self.tracker.mean_entropy(i),
-                                              c.entropy_n or None, wait_audit=self.wait_audit))
-            if r is not None:
-                gw.stats.record_reward(self.engine.name, r.score)  # the canary gate's reward input
-        if self.wait_audit:
-            self.audits = await _audit_results(futures, gw.settings.audit_wait_timeout_s)
-        return rewards
+            futures.append(self.gw.quality.observe(self.engine.name, rid, self.prompt_text,
+                                                   self.tracker.response_text(i), r.score if r else None,
+                                                   self.tracker.mean_entropy(i), c.entropy_n or None,
+                                                   wait_audit=self.wait_audit))
+        return futures
 
 
 async def _audit_results(futures: list, timeout_s: float) -> list[dict | None]:
@@ -301,6 +313,7 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
         cost = _reservation(req, call.prompt_text, spec.max_model_len if spec else 512) if key is not None else 0
         try:
             call.release = await _admit(gw, guards, key, engine, cost, deadline)
+            call.admitted = time.perf_counter()
         except asyncio.CancelledError:
             watch.stop()
             if watch.caught() is None:

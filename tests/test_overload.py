@@ -93,6 +93,30 @@ def test_adaptive_limit_shrinks_when_tpot_degrades_and_grows_back_when_it_recove
     assert a.queue_wait_s(0.01) == 0.01
 
 
+def test_adaptive_limit_shrinks_when_the_engines_ttft_degrades_at_a_steady_tpot():
+    """Requests admitted past what the engine schedules at once wait inside the engine: TPOT stays flat, the
+    engine's TTFT (queue wait left out) grows. That alone shrinks the limit; a TTFT within tolerance does not."""
+    clock = FakeClock()
+    a = AdaptiveLimit(ceiling=64, floor=4, tolerance=1.5, ttft_tolerance=2.0, clock=clock, start=64)
+
+    def feed(ttft: float, intervals: int, saturated: bool = False) -> None:
+        for _ in range(intervals):
+            for _ in range(10):
+                a.saturated = a.saturated or saturated
+                a.observe(0.002, 0.1, ttft)
+            clock.t += a.interval_s
+
+    feed(0.010, 4)
+    assert a.limit == 64 and a.ttft_baseline == pytest.approx(0.010)
+    feed(0.018, 4, saturated=True)  # 1.8x: within tolerance
+    assert a.limit == 64
+    feed(0.050, 5)  # 5x at the same TPOT: the limit shrinks every interval
+    assert a.limit <= int(64 * a.decrease ** 4)
+    low = a.limit
+    feed(0.010, 3, saturated=True)  # recovered and holding traffic back: grows again
+    assert a.limit > low
+
+
 def test_slots_with_adaptive_limit_retire_and_add_slots():
     async def main():
         clock = FakeClock()
