@@ -39,13 +39,13 @@ from dataclasses import dataclass, field
 class AdaptiveLimit:
     ceiling: int  # the configured max_concurrency
     floor: int = 8
-    tolerance: float = 1.5
+    tolerance: float = 1.2
     ttft_tolerance: float = 2.0
     decrease: float = 0.9
     interval_s: float = 0.5
     min_samples: int = 8
     baseline_window_s: float = 300.0
-    queue_wait_share: float = 0.5
+    queue_wait_share: float = 0.1
     clock: Callable[[], float] = time.monotonic
     limit: int = 0  # the current limit; starts at `start` (a cold start must not let a burst of `ceiling` in)
     start: int = 32

@@ -66,10 +66,10 @@ class AdaptiveLimits(BaseModel):
     `ttft_tolerance` x its low-load value), and a queued request waits at most
     `queue_wait_share` x the recent median decode time (E2E - TTFT) before a 503."""
 
-    tolerance: float = Field(1.5, gt=1.0, description="recent TPOT / baseline TPOT above which the limit shrinks")
+    tolerance: float = Field(1.2, gt=1.0, description="recent TPOT / baseline TPOT above which the limit shrinks")
     ttft_tolerance: float = Field(2.0, gt=1.0, description="the same for the engine's TTFT (queue wait left out)")
     min_concurrency: int = Field(8, ge=1, description="the limit never goes below this")
-    queue_wait_share: float = Field(0.5, gt=0, description="longest queue wait, as a share of the median decode time")
+    queue_wait_share: float = Field(0.1, gt=0, description="longest queue wait, as a share of the median decode time")
 
 
 class Limits(BaseModel):
