@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from training import common as C
 
@@ -204,7 +203,3 @@ def headline(summary: dict) -> str:
                      f" ties left out {w.get('decisive', {}).get('mean', float('nan')):.3f})"
                      f"  gate {r['verdict']} {('; '.join(r['reasons']))[:160]}")
     return "\n".join(lines)
-
-
-def _unused(x):  # keep numpy import meaningful for type checkers
-    return np.asarray(x)
