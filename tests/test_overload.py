@@ -10,6 +10,7 @@ from benchmarks.procs import start_aligngate
 
 import asyncio
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -18,6 +19,7 @@ import pytest
 
 from serve.adaptive import AdaptiveLimit
 from serve.admission import Overloaded, Slots
+from tests.promtext import metric
 
 ADMIN = "adm-overload"
 MAX_CONCURRENCY, MAX_QUEUE = 2, 2
@@ -257,3 +259,35 @@ def test_timeout_mid_stream_is_an_in_band_error_event(gw):
         else:
             seen["complete"] += 1
     assert seen["in_band"] >= 1, seen
+
+
+def test_client_gone_while_queued_frees_its_place_and_never_runs(gw):
+    """A client that gives up while its request waits for a slot is dropped at once (499): it never reaches the
+    engine, and the requests ahead of it finish normally."""
+    ok0 = metric(gw, "aligngate_requests_total", version="stable", status="200")
+    gone0 = metric(gw, "aligngate_errors_total", version="stable", type="client_disconnected")
+    fault(gw, 2.0)  # the slots' holders take >= 2 s
+    try:
+        def hold(_):
+            return client(gw).chat.completions.create(
+                model="aligngate", messages=[{"role": "user", "content": "1+1="}], max_tokens=2)
+
+        with ThreadPoolExecutor(MAX_CONCURRENCY) as ex:
+            holders = [ex.submit(hold, i) for i in range(MAX_CONCURRENCY)]
+            deadline = time.monotonic() + 10
+            while metric(gw, "aligngate_in_flight", version="stable") < MAX_CONCURRENCY:
+                assert time.monotonic() < deadline, "the slots never filled"
+                time.sleep(0.05)
+            with pytest.raises(httpx.ReadTimeout):  # queued behind the holders; the client leaves after 0.3 s
+                httpx.post(gw + "/v1/chat/completions", timeout=0.3,
+                           json={"model": "aligngate", "messages": [{"role": "user", "content": "2+2="}],
+                                 "max_tokens": 2})
+            deadline = time.monotonic() + 1.5  # well before a holder frees its slot
+            while metric(gw, "aligngate_errors_total", version="stable", type="client_disconnected") <= gone0:
+                assert time.monotonic() < deadline, "the queued request outlived its client"
+                time.sleep(0.05)
+            for h in holders:
+                assert h.result().usage.completion_tokens >= 1
+    finally:
+        fault(gw, 0)
+    assert metric(gw, "aligngate_requests_total", version="stable", status="200") == ok0 + MAX_CONCURRENCY
