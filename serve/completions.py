@@ -3,7 +3,7 @@
 Streaming waits for the engine's first step before sending headers, so a request the engine refuses (prompt
 too long, version not ready) still gets a proper 4xx/5xx status instead of a 200 with an error event.
 A client that goes away cancels the request wherever it waits (queue slot, first token, stream), which aborts the
-engine request: one `DisconnectWatch` per request (serve/streaming.py), answered 499.
+engine request: one `RequestWatch` per request (serve/streaming.py), answered 499.
 
 Admission, in order: request limits (400) -> route (404/503) -> the caller's key limits (429, serve/ratelimit.py)
 -> the version's bounded queue (503, serve/admission.py). Both are released when the request ends, however it
@@ -206,6 +206,11 @@ class Call:
     wait_audit: bool = False
     audits: list | None = None  # per choice: the audit model's result (when the client waited for it)
 
+    def fail(self, status: str, kind: str) -> None:
+        """The request ends as `status`; `kind` is counted in aligngate_errors_total."""
+        self.status = status
+        self.gw.metrics.errors.labels(self.engine.name, kind).inc()
+
     @property
     def endpoint(self) -> str:
         return "chat" if self.kind == "chat" else "completions"
@@ -364,24 +369,20 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
         if why is None:
             raise
         if why == "deadline":
-            call.status = "504"
-            gw.metrics.errors.labels(engine.name, "timeout").inc()
+            call.fail("504", "timeout")
             raise _timeout_error(gw) from None
-        call.status = "499"
-        gw.metrics.errors.labels(engine.name, "client_disconnected").inc()
+        call.fail("499", "client_disconnected")
         return Response(status_code=499)
     except EngineBadRequest as e:
         call.status = "400"
         raise APIError(400, e.message, param=e.param, code=e.code or "invalid_value") from None
     except EngineNotReady as e:
-        call.status = "503"
-        gw.metrics.errors.labels(engine.name, "engine_not_ready").inc()
+        call.fail("503", "engine_not_ready")
         retry = str(gw.settings.retry_after_s)
         raise APIError(503, f"{e}; retry after {retry} s", type="service_unavailable", code="engine_not_ready",
                        headers={"Retry-After": retry}) from None
     except EngineError as e:
-        call.status = "502"
-        gw.metrics.errors.labels(engine.name, e.kind).inc()
+        call.fail("502", e.kind)
         log.warning("engine_error", version=engine.name, error=str(e))
         raise APIError(502, f"the policy engine failed: {e}", type="server_error", code=e.kind) from None
     finally:
@@ -407,8 +408,7 @@ async def _collect(call: Call, agen: AsyncIterator[Step], first: Step):
 
 async def _timed_out(call: Call) -> AsyncIterator[bytes]:
     """Headers are sent: the timeout is reported in-band, like an engine failure."""
-    call.status = "504"
-    call.gw.metrics.errors.labels(call.engine.name, "timeout").inc()
+    call.fail("504", "timeout")
     yield error_sse("the request did not finish within its timeout (limits.request_timeout_s or "
                     "x-aligngate-timeout); the answer above is incomplete", "timeout_error", "request_timeout")
     yield fmt.DONE
@@ -451,21 +451,18 @@ async def _stream(call: Call, agen: AsyncIterator[Step], first: Step) -> AsyncIt
             async for chunk in _timed_out(call):
                 yield chunk
             return
-        call.status = "499"
-        gw.metrics.errors.labels(version, "client_disconnected").inc()
+        call.fail("499", "client_disconnected")
         if why is None:
             raise
     except RequestTimeout:  # the deadline passed while a slow client held up a write (serve/streaming.py)
         async for chunk in _timed_out(call):
             yield chunk
     except EngineError as e:  # headers are sent: report in-band, then end the stream cleanly
-        call.status = "502"
-        gw.metrics.errors.labels(version, e.kind).inc()
+        call.fail("502", e.kind)
         yield error_sse(f"the policy engine failed mid-stream: {e}", "server_error", e.kind)
         yield fmt.DONE
     except GeneratorExit:
-        call.status = "499"
-        gw.metrics.errors.labels(version, "client_disconnected").inc()
+        call.fail("499", "client_disconnected")
         raise
     finally:
         if call.used_tokens is None and step.prompt_tokens:

@@ -86,15 +86,14 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, body: AsyncIterator[bytes], watch: RequestWatch,  # noqa: super().__init__ not wanted
-                 headers: Mapping[str, str]):
+    def __init__(self, body: AsyncIterator[bytes], watch: RequestWatch, headers: Mapping[str, str]):
+        # Response.__init__ would render a body; like StreamingResponse, only the headers are Starlette's
         self.status_code, self.background = 200, None
-        self.body, self.watch = body, watch  # type: ignore[assignment]
-        self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
-        self.raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        self.body_iterator, self.watch = body, watch
+        self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body, watch = self.body, self.watch
+        body, watch = self.body_iterator, self.watch
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for chunk in body:
