@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from benchmarks.scenarios import SCENARIOS, Ctx, Skip
+    from benchmarks.context import Ctx, Skip
+    from benchmarks.scenarios import SCENARIOS
 
     default_out = H.RESULTS / "tmp" if args.smoke else H.RESULTS
     out = (args.out or default_out).resolve()
