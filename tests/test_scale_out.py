@@ -62,14 +62,19 @@ def scale_out(session_dir, cache_dir):
         env = {"ALIGNGATE_VERSIONS": json.dumps(versions), "ALIGNGATE_REDIS_URL": redis.url,
                "ALIGNGATE_ADMIN_KEY": ADMIN_KEY, "ALIGNGATE_REWARD_POSITION": "eos",
                "ALIGNGATE_CANARY__TICK_S": "0.5"}
-        with ThreadPoolExecutor(2) as pool:
-            futs = [pool.submit(start_aligngate, f"scale-gateway-{i}", session_dir,
-                                env={**env, "ALIGNGATE_CACHE_DIR": str(session_dir / f"scale-gw-{i}")}) for i in (1, 2)]
-            gateways = []
-            for f in futs:
-                proc, url = f.result()
-                procs.append(proc)
-                gateways.append(url)
+        # One gateway after the other: each builds an in-process engine, and two engine start-ups side by side on
+        # 2 cores (with the two vLLM servers up) once stalled past the 300 s wait in CI (stop 13); one retry for a
+        # start-up that stalls anyway, its log kept as `<name>.log` next to the retry's.
+        gateways = []
+        for i in (1, 2):
+            gw_env = {**env, "ALIGNGATE_CACHE_DIR": str(session_dir / f"scale-gw-{i}")}
+            try:
+                proc, url = start_aligngate(f"scale-gateway-{i}", session_dir, env=gw_env, timeout=240)
+            except TimeoutError as e:
+                print(f"scale-gateway-{i} did not become ready, retrying once: {e}", flush=True)
+                proc, url = start_aligngate(f"scale-gateway-{i}-retry", session_dir, env=gw_env)
+            procs.append(proc)
+            gateways.append(url)
         yield {"gateways": gateways, "servers": servers, "redis": redis}
     finally:
         for p in reversed(procs):  # gateways first, then the vLLM servers behind them
