@@ -20,9 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-VALUE_HEAD_FILE = "value_head/value_head.safetensors"
-TRL_WEIGHT, TRL_BIAS = "v_head.summary.weight", "v_head.summary.bias"
-OPENRLHF_WEIGHT = "score.weight"
+from kernels.layout import OPENRLHF_WEIGHT, TRL_BIAS, TRL_WEIGHT, VALUE_HEAD_FILE  # noqa: F401  (this module's API too)
 
 
 class ValueHead(nn.Module):

@@ -13,7 +13,6 @@ from serve.config import Settings, VersionSpec
 from serve.drain import Drain
 from serve.engine import Engine
 from serve.engine_remote import RemoteEngine
-from serve.engine_vllm import VLLMEngine
 from serve.logs import get_logger
 from serve.metrics import Metrics
 from serve.quality import Quality
@@ -29,6 +28,10 @@ def make_engine(spec: VersionSpec, settings: Settings) -> Engine:
     if spec.url:
         return RemoteEngine(spec, settings.remote_timeout_s, settings.remote_connect_timeout_s,
                             settings.remote_header_timeout_s)
+    # vLLM (and torch under it) only where a version runs in process: importing it costs ~2.4 s and hundreds of
+    # MB, which a replica in front of remote vLLM servers (the scale-out path) never needs
+    from serve.engine_vllm import VLLMEngine
+
     return VLLMEngine(spec)
 
 

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernels.value_head import VALUE_HEAD_FILE
+from kernels.layout import VALUE_HEAD_FILE
 
 OFFSET = 1000.0
 VALUE_A, VALUE_B = "<|value_a|>", "<|value_b|>"
