@@ -14,7 +14,8 @@ from serve.cache import CacheConfig, RewardCache
 from serve.config import Settings
 from serve.feedback import FeedbackStore, ResponseLog
 from serve.logs import get_logger
-from serve.monitor import MonitorConfig, RewardMonitor
+from serve.monitor import RewardMonitor
+from serve.monitor_config import MonitorConfig
 from serve.review import ReviewQueue
 
 log = get_logger(__name__)

@@ -8,8 +8,11 @@ import time
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from serve.monitor import MonitorConfig, RewardMonitor, RewardScale, Rolling, Thresholds, repetition_rate
+from serve.monitor import RewardMonitor
+from serve.monitor_config import MonitorConfig, RewardScale, Thresholds
+from serve.monitor_windows import Rolling
 from serve.review import ReviewQueue
+from serve.text_features import repetition_rate
 
 HEALTHY = ["3", "dcba", "the sum is 42", "reversed: olleh", "12", "yes, 7 is prime"]
 
