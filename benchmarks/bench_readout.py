@@ -13,7 +13,9 @@ noisy estimate of the intrinsic cost).
 Engines, one after the other:
   no-value-head   the same weights without the head (the floor: what a policy without a reward pays)
   vllm-gather     the value-head model with vLLM's own `Sampler.gather_specific_token_logprobs` (a Python loop)
-  patched         with `serve.vllm_patches.apply_sampler` (one broadcast index; aligngate's default)
+  patched         the slots' logprobs with `serve.vllm_patches.apply_sampler` (one broadcast index)
+  shm             the shared-memory table (`serve.value_table`; no logprobs at all; aligngate's default on CPU):
+                  "on" rounds hold a table row per request and read each new position as the output arrives
 
     .venv/bin/python -m benchmarks.bench_readout                                   # tiny default model
     .venv/bin/python -m benchmarks.bench_readout --model .cache/step-model --out benchmarks/results/readout_step.json
@@ -38,7 +40,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks.machine import machine_facts  # noqa: E402
 
-ENGINES = ("no-value-head", "vllm-gather", "patched")
+ENGINES = ("no-value-head", "vllm-gather", "patched", "shm")
 
 
 async def _run_engine(name: str, model: str, batches: list[int], tokens: int, rounds: int) -> dict:
@@ -50,6 +52,7 @@ async def _run_engine(name: str, model: str, batches: list[int], tokens: int, ro
     from serve import vllm_patches
     from serve.engine_vllm import value_params
     from serve.value_slots import read_value_slots
+    from serve.value_table import ValueTable
 
     slots = read_value_slots(model)
     os.environ[vllm_patches.SAMPLER_PATCH_ENV] = "0" if name == "vllm-gather" else "1"  # read by the worker
@@ -60,16 +63,32 @@ async def _run_engine(name: str, model: str, batches: list[int], tokens: int, ro
         model=model, max_model_len=512, max_num_seqs=max(batches), disable_log_stats=True,
         enable_prefix_caching=False, **over))
 
-    def params(read: bool) -> SamplingParams:  # what the gateway's engine sends, reward on or off
+    table = ValueTable(name, rows=2 * max(batches), positions=512) if name == "shm" and slots else None
+
+    def params(read: bool, row: int | None) -> SamplingParams:  # what the gateway's engine sends, reward on or off
+        if row is not None:
+            return SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=1.0, output_kind=RequestOutputKind.DELTA,
+                                  **value_params(slots, False), extra_args=table.extra_args(row))
         return SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=1.0,
                               output_kind=RequestOutputKind.DELTA, **value_params(slots, read))
 
     async def one(i: int, read: bool) -> float:
         prompt = [5 + (i * 7 + j) % 200 for j in range(64)]
         first = last = None
-        async for _ in llm.generate(TokensPrompt(prompt_token_ids=prompt), params(read), f"r{i}-{os.urandom(4).hex()}"):
-            last = time.perf_counter()
-            first = first or last
+        row = table.acquire() if table is not None and read else None
+        done = 0
+        try:
+            async for out in llm.generate(TokensPrompt(prompt_token_ids=prompt), params(read, row),
+                                          f"r{i}-{os.urandom(4).hex()}"):
+                if row is not None:  # the gateway's read of the new positions
+                    n_new = len(out.outputs[0].token_ids)
+                    table.read(row, done, done + n_new)
+                    done += n_new
+                last = time.perf_counter()
+                first = first or last
+        finally:
+            if row is not None:
+                table.release(row)
         return (last - first) / (tokens - 1) * 1e3
 
     async def batch_tpot(n: int, read: bool) -> float:
@@ -91,6 +110,8 @@ async def _run_engine(name: str, model: str, batches: list[int], tokens: int, ro
                                                     if not k.startswith("rounds")), flush=True)
     finally:
         await asyncio.to_thread(llm.shutdown)
+        if table is not None:
+            table.close()
     return out
 
 
@@ -144,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=20, help="rounds per batch size (read off/on alternated)")
     ap.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "readout.json")
-    ap.add_argument("--smoke", action="store_true", help="tests: batch 4, 8 tokens, 2 rounds, patched engine only")
+    ap.add_argument("--smoke", action="store_true", help="tests: batch 4, 8 tokens, 2 rounds, shm engine only")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.batch, args.tokens, args.rounds, args.engines = [4], 8, 2, ["patched"]
+        args.batch, args.tokens, args.rounds, args.engines = [4], 8, 2, ["shm"]
     if args.model is None:
         from serve.config import Settings
         from serve.default_models import ensure_default_models
@@ -170,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {}
     for n in map(str, args.batch):
         base = result["engines"].get("no-value-head", {}).get(n)
-        for name in ("vllm-gather", "patched"):
+        for name in ("vllm-gather", "patched", "shm"):
             e = result["engines"].get(name, {}).get(n)
             if e:
                 summary[f"{name} batch {n}"] = {

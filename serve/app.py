@@ -122,6 +122,8 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
             inner = getattr(engine, "inner", engine)
             if (pid := getattr(inner, "engine_pid", None)) is not None:
                 r["engine_pid"] = pid
+            if (channel := getattr(inner, "value_channel", None)) is not None:  # how the in-pass value is read
+                r["value_channel"] = channel
             if (backends := getattr(inner, "backends", None)) is not None:  # remote: which backends answer
                 r["backends"] = {b.base: {"up": b.up, "error": b.last_error} for b in backends}
                 r["retries"] = inner.retries

@@ -28,6 +28,7 @@ from serve.engine import (
     TokenLogprob,
 )
 from serve.logs import get_logger
+from serve.value_table import CHANNEL_ENV, ValueTable
 
 log = get_logger(__name__)
 
@@ -49,6 +50,7 @@ class VLLMEngine(Engine):
         self.tokenizer = None
         self.max_model_len = spec.max_model_len
         self.slots = None
+        self.values: ValueTable | None = None  # the shared-memory read-out (serve.value_table), when in use
         self._warming = False
 
     # `ready` also reads vLLM's own dead-engine flag (set by its monitor thread the moment the EngineCore process
@@ -70,6 +72,11 @@ class VLLMEngine(Engine):
         failed = getattr(manager, "failed_proc_name", None)
         codes = getattr(manager, "finished_procs", dict)() if manager else {}
         return f"engine core died ({failed or 'EngineCore'}, exit codes {codes or 'unknown'})"
+
+    @property
+    def value_channel(self) -> str | None:
+        """How the in-pass value leaves the engine: "shm" (serve.value_table), "logprobs", or None (no value head)."""
+        return None if self.slots is None else "shm" if self.values is not None else "logprobs"
 
     @property
     def engine_pid(self) -> int | None:
@@ -119,6 +126,11 @@ class VLLMEngine(Engine):
         self.llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         self.tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, spec.model)
         self.max_model_len = self.llm.model_config.max_model_len
+        # async scheduling (vLLM's GPU default) hands sampled tokens over without a host sync; reading the values
+        # on the host every step would add one, so there the logprobs read-out stays
+        if (self.slots is not None and os.environ.get(CHANNEL_ENV, "shm") == "shm"
+                and not self.llm.vllm_config.scheduler_config.async_scheduling):
+            self.values = ValueTable(self.name, rows=2 * spec.max_num_seqs, positions=self.max_model_len)
         self._warming = True  # generate() serves the warm-up requests; `ready` stays False (no routing yet)
         try:
             warm_s = await self._warm_up()
@@ -140,16 +152,49 @@ class VLLMEngine(Engine):
             async for _ in self.generate(req):
                 pass
 
+        if self.values is not None:
+            await self._check_value_channel()
         for i, words in enumerate((1, 8, 32)):
             await one(i, words)
         await asyncio.gather(*(one(10 + i, 2 + 3 * i) for i in range(4)))
         return time.perf_counter() - t0
+
+    async def _check_value_channel(self) -> None:
+        """One request read both ways at once (the table and the slots' logprobs): the table is kept only if
+        every position was written and equals the logprobs read-out; else the engine falls back to logprobs."""
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        table, row = self.values, self.values.acquire()
+        params = SamplingParams(max_tokens=6, temperature=1.0, ignore_eos=True, output_kind=RequestOutputKind.FINAL_ONLY,
+                                **value_params(self.slots, read=True))
+        params.extra_args = {**params.extra_args, **table.extra_args(row)}
+        got = None
+        try:
+            prompt = TokensPrompt(prompt_token_ids=self.tokenizer.encode("check the value channel"))
+            async for out in self.llm.generate(prompt, params, f"value-check-{self.name}-{os.urandom(4).hex()}"):
+                got = out.outputs[0]
+            want, _ = _slot_values(got.logprobs, self.slots) if got is not None else ([], None)
+            have, _ = table.read(row, 0, len(want))
+        finally:
+            table.release(row)
+        worst = max((abs(a - b) for a, b in zip(have, want)), default=float("nan"))
+        if not want or not worst <= 1e-4:  # NaN (never written) fails this too
+            log.warning("value_channel_fallback", version=self.name, reason="the worker did not write the table "
+                        "(vLLM internals moved?); values go through logprobs", max_abs_diff=worst)
+            self.values = None
+            table.close()
+        else:
+            log.info("value_channel", version=self.name, channel="shm", rows=table.rows, checked_positions=len(want))
 
     async def stop(self) -> None:
         self.ready = False
         if self.llm is not None:
             llm, self.llm = self.llm, None
             await asyncio.to_thread(llm.shutdown)
+        if self.values is not None:
+            self.values.close()
+            self.values = None
 
     async def alive(self) -> bool:
         """Cheap liveness (no generation): vLLM has not flagged the engine core dead."""
@@ -169,13 +214,24 @@ class VLLMEngine(Engine):
             return chat_prompt_ids(tok, req.messages)
         return tok.encode(req.prompt or "", add_special_tokens=True)
 
-    def _value_params(self, req: GenerationRequest) -> dict:
-        """Ask vLLM for the reserved slots' log-probabilities (unless the client wants logprobs: vLLM returns one
-        or the other, and the client's wins; the reward then comes from a finalize step) and keep the slots out
-        of sampling (they are at -1000 already; the bias is belt and braces)."""
+    def _value_params(self, req: GenerationRequest, row: int | None) -> dict:
+        """Read the value through the shared-memory table (`row`), or else ask vLLM for the reserved slots'
+        log-probabilities (unless the client wants logprobs: vLLM returns one or the other, and the client's wins;
+        the reward then comes from a finalize step); either way keep the slots out of sampling (they are at -1000
+        already; the bias is belt and braces)."""
+        if row is not None:
+            return {**value_params(self.slots, read=False), "extra_args": self.values.extra_args(row)}
         return value_params(self.slots, read=req.with_values and req.logprobs is None)
 
-    def _sampling_params(self, req: GenerationRequest, prompt_len: int):
+    def _table_row(self, req: GenerationRequest) -> int | None:
+        """A row of the value table for this request, when the table is in use and the request is one it serves
+        (n = 1: vLLM's child requests of n > 1 would share the row; no client logprobs: those take the slots'
+        place, and the reward then comes from a finalize step)."""
+        if self.values is None or not req.with_values or req.logprobs is not None or req.n != 1:
+            return None
+        return self.values.acquire()
+
+    def _sampling_params(self, req: GenerationRequest, prompt_len: int, row: int | None = None):
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         room = self.max_model_len - prompt_len
@@ -208,7 +264,7 @@ class VLLMEngine(Engine):
                 min_tokens=req.min_tokens or 0,
                 repetition_penalty=req.repetition_penalty or 1.0,
                 output_kind=RequestOutputKind.DELTA,
-                **self._value_params(req),
+                **self._value_params(req, row),
             )
         except CLIENT_ERRORS as e:  # vLLM's own argument checks, e.g. n > 1 with temperature 0 (schemathesis: 500)
             raise EngineBadRequest(f"invalid sampling parameters: {e}", code="invalid_value") from None
@@ -223,7 +279,13 @@ class VLLMEngine(Engine):
         if not ids:  # vLLM refuses an empty decoder prompt with a ValueError (schemathesis: it was a 500)
             raise EngineBadRequest("the prompt is empty; send at least one token of text",
                                    param="messages" if req.kind == "chat" else "prompt", code="invalid_value")
-        params = self._sampling_params(req, len(ids))
+        table, row = self.values, self._table_row(req)
+        try:
+            params = self._sampling_params(req, len(ids), row)
+        except BaseException:
+            if row is not None:
+                table.release(row)
+            raise
         completion_tokens = 0
         read_values = params.logprob_token_ids is not None
         s = self.slots
@@ -233,12 +295,21 @@ class VLLMEngine(Engine):
                 deltas = []
                 for o in out.outputs:
                     n_new = len(o.token_ids)
-                    completion_tokens += n_new
                     d = Delta(o.index, o.text, n_new, None, o.finish_reason, list(o.token_ids))
                     if req.logprobs is not None:
                         d.logprobs = _logprobs(o.token_ids, o.logprobs, req.logprobs)
+                    elif row is not None and n_new:
+                        values, entropies = table.read(row, completion_tokens, completion_tokens + n_new)
+                        if values[-1] == values[-1]:
+                            d.values, d.entropies = values, entropies
+                        elif self.values is table:  # NaN: the worker stopped writing (its log says why)
+                            log.warning("value_channel_fallback", version=self.name, reason="unwritten table cell; "
+                                        "later requests read the values through logprobs")
+                            self.values = None
+                            table.close()  # the file goes; this process's mapping stays for requests under way
                     elif read_values and o.logprobs:
                         d.values, d.entropies = _slot_values(o.logprobs, s)
+                    completion_tokens += n_new
                     deltas.append(d)
                 yield Step(deltas, len(ids), completion_tokens, out.finished, ids if out.finished else None)
         except EngineDeadError as e:
@@ -248,7 +319,11 @@ class VLLMEngine(Engine):
             raise EngineBadRequest(str(e)) from e
         finally:
             # Closing vLLM's generator early (client gone, consumer stopped) aborts the sequence in the engine.
-            await stream.aclose()
+            try:
+                await stream.aclose()
+            finally:
+                if row is not None:
+                    table.release(row)
 
     async def score(self, prompt_token_ids: list[int], response_token_ids: list[int]) -> tuple[float, float | None] | None:
         from vllm.inputs import TokensPrompt

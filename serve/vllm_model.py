@@ -30,6 +30,7 @@ class LlamaForCausalLMWithValueHead(LlamaForCausalLM):
             raise ValueError(f"{model_dir}: LlamaForCausalLMWithValueHead needs a value head (kernels.value_head.VALUE_HEAD_FILE)")
         self.slots = slots
         vllm_patches.apply_sampler()  # this runs in vLLM's worker process, where the sampler is
+        vllm_patches.apply_value_channel(vllm_config.model_config.max_model_len)
         head = load_value_head(model_dir)
         # fp32 buffers, moved with the module; not part of the HF checkpoint the loader walks
         self.register_buffer("value_weight", head.summary.weight.detach().reshape(-1).float(), persistent=False)
@@ -54,7 +55,7 @@ class LlamaForCausalLMWithValueHead(LlamaForCausalLM):
             # single-rank plain head: one fused pass gives logits, value and entropy
             out = fused_heads(hidden_states, self._head_weights(), logits_dtype=torch.float32, slots=(s.a, s.b),
                               slot_offset=OFFSET)
-            logits, entropy = out.logits, out.entropy
+            logits, value, entropy = out.logits, out.value, out.entropy
         else:  # tensor-parallel / scaled heads: vLLM's own logits, then the value over the same hidden states
             logits = super().compute_logits(hidden_states)
             if logits is None:
@@ -66,6 +67,7 @@ class LlamaForCausalLMWithValueHead(LlamaForCausalLM):
             logits[:, s.b] = -OFFSET
         if s.c is not None:
             logits[:, s.c] = entropy - OFFSET
+        vllm_patches.stash_step(torch.stack((value.float(), entropy.float()), 1))  # the shared-memory read-out
         return logits
 
 

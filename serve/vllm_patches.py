@@ -23,7 +23,14 @@ usual (that is a separate detokenizer). Measured in benchmarks/results/serve_rew
    Measured with `python -m benchmarks.bench_readout` (engines `vllm-gather` vs `patched`); tests/test_vllm_patches.py
    compares both parts with vLLM's own code.
 
-Each is applied once, idempotent, and inert if vLLM's internals move (the reward still works, only slower).
+3. Worker process (`apply_value_channel`, also called when the value-head model is built): after each step's
+   bookkeeping, the step's value and entropy per request (stashed by the model's `compute_logits`,
+   `stash_step`) go into the gateway's shared-memory table (`serve.value_table`) for the requests that name one
+   in `extra_args`. With it the gateway asks for no logprobs at all, so vLLM's per-request logprobs plumbing
+   (engine core and API process) is skipped.
+
+Each is applied once, idempotent, and inert if vLLM's internals move (the reward still works, only slower: the
+engine's warm-up finds the table unwritten and falls back to the logprobs read-out).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ log = get_logger(__name__)
 FLAG = "aligngate_values_only"
 _applied = False
 _sampler_applied = False
+_channel_applied = False
+_step: list = [None]  # this step's [rows, 2] (value, entropy), set by the model's compute_logits
 SAMPLER_PATCH_ENV = "ALIGNGATE_SAMPLER_PATCH"
 """Set to 0 to keep vLLM's own sampler (read where the worker builds the model; benchmarks.bench_readout compares)."""
 
@@ -160,3 +169,71 @@ def gather_uniform(logprobs, rows: list[int], token_ids: list[int], sampled):
     torch._dynamo.decorators.mark_unbacked(sampled_logprobs, 0)
     ranks = batched_count_greater_than(logprobs, sampled_logprobs)
     return LogprobsTensors(logprob_token_ids=index.to(torch.int32), logprobs=gathered, selected_token_ranks=ranks)
+
+
+def stash_step(cells) -> None:
+    """Called by the value-head model's `compute_logits`: [rows, 2] fp32 (value, entropy), one row per request
+    of the step in the batch's order, read by the bookkeeping patch below."""
+    _step[0] = cells
+
+
+def apply_value_channel(max_model_len: int) -> None:
+    global _channel_applied
+    if _channel_applied:
+        return
+    try:
+        from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+    except ImportError:
+        log.warning("vllm_patch_skipped", reason="vllm.v1.worker.gpu_model_runner.GPUModelRunner not found")
+        return
+    original = getattr(GPUModelRunner, "_bookkeeping_sync", None)
+    if original is None:
+        log.warning("vllm_patch_skipped", reason="GPUModelRunner._bookkeeping_sync not found")
+        return
+    from serve.value_table import TableWriter
+
+    writer = TableWriter(max_model_len)
+    failed: list[bool] = []
+
+    def _bookkeeping_sync(self, scheduler_output, sampler_output, logits, *args, **kwargs):
+        cells, _step[0] = _step[0], None  # taken first: prompt logprobs inside may call compute_logits again
+        out = original(self, scheduler_output, sampler_output, logits, *args, **kwargs)
+        if cells is not None and not self.use_async_scheduling and not failed:
+            try:
+                write_step(self, writer, cells, out[3], out[5])
+            except Exception as e:  # never break the engine over the side channel: the gateway falls back
+                failed.append(True)
+                log.warning("value_channel_disabled", error=repr(e))
+        return out
+
+    GPUModelRunner._bookkeeping_sync = _bookkeeping_sync
+    _channel_applied = True
+
+
+def write_step(runner, writer, cells, sampled: list[list[int]], req_ids: list[str]) -> None:
+    """Row i of `cells` is request `req_ids[i]`; each request that sampled one token this step and names a table
+    gets its cell at the new token's position (tokens so far − prompt − 1, from the batch's own counts)."""
+    import numpy as np
+
+    from serve.value_table import ROW_KEY, TABLE_KEY
+
+    idx, rows, path = [], [], None
+    for i, (rid, toks) in enumerate(zip(req_ids, sampled)):
+        if len(toks) != 1:  # discarded (a partial prefill) or speculative tokens: nothing to write
+            continue
+        state = runner.requests.get(rid)
+        extra = state.sampling_params.extra_args if state is not None and state.sampling_params else None
+        if not extra or TABLE_KEY not in extra:
+            continue
+        if path is None:
+            path = extra[TABLE_KEY]
+        elif extra[TABLE_KEY] != path:  # one engine per worker, so one table; anything else is skipped
+            continue
+        idx.append(i)
+        rows.append(extra[ROW_KEY])
+    if not idx:
+        return
+    batch = runner.input_batch
+    at = np.asarray(idx)
+    positions = batch.num_tokens_no_spec[at] - batch.num_prompt_tokens[at] - 1
+    writer.write(path, np.asarray(rows), positions, cells.numpy()[at])

@@ -135,7 +135,7 @@ def test_readout_smoke(tmp_path, cache_dir):
                            str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    entry = result["engines"]["patched"]["4"]
+    entry = result["engines"]["shm"]["4"]
     assert len(entry["rounds_on"]) == len(entry["rounds_off"]) == 2
     assert entry["tpot_ms_on"] > 0 and entry["tpot_ms_off"] > 0
-    assert "patched batch 4" in result["summary"] and out.with_suffix(".png").stat().st_size > 0
+    assert "shm batch 4" in result["summary"] and out.with_suffix(".png").stat().st_size > 0

@@ -65,19 +65,24 @@ async def _ask(client, version, content, stream, **extra):
 
 
 def test_engine_values_match_hf_forward_in_a_mixed_batch(gateway, hf_reference):
+    """n = 1 answers are read through the shared-memory table (serve.value_table), n = 2 through the slots'
+    logprobs; both against HF, in one batch."""
     prompts = ["1+1=", "reverse: abc", "hello there, how are you today?", "7", "x" * 40, "upper: qwerty"]
+    versions = httpx.get(gateway + "/ready", params={"verbose": "true"}, timeout=60).json()["versions"]
+    assert versions["stable"]["value_channel"] == versions["canary"]["value_channel"] == "shm", versions
 
     async def run():
         async with httpx.AsyncClient(base_url=gateway, timeout=120) as c:
             calls = []
             for i, p in enumerate(prompts):
                 calls.append(_ask(c, ("stable", "canary")[i % 2], p, stream=bool(i % 3 == 0)))
+            calls.append(_ask(c, "stable", "2+3=", stream=False, n=2))  # the logprobs read-out
             # requests in the same batch that do not read values (client logprobs) must not disturb the rest
             noise = [c.post("/v1/chat/completions", json={"model": "stable", "max_tokens": 24, "logprobs": True,
                                                             "messages": [{"role": "user", "content": "noise"}]})
                      for _ in range(3)]
             results = await asyncio.gather(*calls, *noise)
-            return results[: len(prompts)]
+            return results[: len(prompts) + 1]
 
     results = asyncio.run(run())
     worst = 0.0
@@ -91,6 +96,10 @@ def test_engine_values_match_hf_forward_in_a_mixed_batch(gateway, hf_reference):
         assert ag["reward"]["source"] == "value_head" and ag["reward"]["model_version"] == version
         assert ag["reward"]["score"] == pytest.approx(trace["values"][-1])
         assert trace["mean_entropy"] is not None and trace["mean_entropy"] > 0
+    for trace in results[-1]["traces"]:  # n = 2
+        assert len(trace["values"]) == len(trace["token_ids"]) >= 1
+        ref = _ref_values(hf_reference["stable"], [{"role": "user", "content": "2+3="}], trace["token_ids"])
+        worst = max(worst, (torch.tensor(trace["values"]) - ref).abs().max().item())
     assert worst <= TOL, worst
 
 

@@ -1,0 +1,45 @@
+"""serve.value_table: the shared-memory side channel of the value read-out (the engine path is in
+tests/test_value_contract.py, where values read through it equal an HF forward pass)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from serve.value_table import ROW_KEY, TABLE_KEY, TableWriter, ValueTable
+
+
+def test_rows_are_handed_out_fifo_nan_filled_and_run_out():
+    t = ValueTable("unit", rows=3, positions=8)
+    try:
+        rows = [t.acquire() for _ in range(3)]
+        assert sorted(rows) == [0, 1, 2] and t.acquire() is None  # exhausted: the caller takes the logprobs path
+        t.table[rows[0], :2] = 1.5
+        t.release(rows[0])
+        again = t.acquire()
+        assert again == rows[0]  # the only free row
+        values, entropies = t.read(again, 0, 2)
+        assert all(math.isnan(v) for v in values + entropies)  # a reused row starts unwritten
+        assert t.extra_args(again) == {TABLE_KEY: t.path, ROW_KEY: again}
+    finally:
+        t.close()
+    assert not os.path.exists(t.path)
+
+
+def test_a_second_mapping_writes_what_the_gateway_reads():
+    """The worker attaches by path (its own mapping, as in vLLM's worker process) and writes a step's rows in one
+    scatter; positions past the table are dropped, never raised."""
+    t = ValueTable("unit", rows=4, positions=5)
+    try:
+        a, b = t.acquire(), t.acquire()
+        w = TableWriter(positions=5)
+        w.write(t.path, np.array([a, b]), np.array([0, 0]), np.array([[0.25, 1.0], [-0.5, 2.0]], dtype=np.float32))
+        w.write(t.path, np.array([a, b]), np.array([1, 9]), np.array([[0.75, 3.0], [9.0, 9.0]], dtype=np.float32))
+        assert t.read(a, 0, 2) == ([0.25, 0.75], [1.0, 3.0])
+        values, _ = t.read(b, 0, 2)
+        assert values[0] == -0.5 and math.isnan(values[1])
+        assert t.read(a, 1, 1) == ([], [])
+    finally:
+        t.close()
