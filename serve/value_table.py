@@ -18,6 +18,7 @@ and the patch stood down) is caught at warm-up, and the engine falls back to the
 
 from __future__ import annotations
 
+import mmap
 import os
 import tempfile
 from collections import deque
@@ -36,15 +37,20 @@ def _shm_dir() -> Path:
     return d if d.is_dir() and os.access(d, os.W_OK) else Path(tempfile.gettempdir())
 
 
-def open_table(path: str | Path, rows: int | None = None, positions: int | None = None) -> np.memmap:
-    """The table as a [rows, positions, 2] float32 memmap: created (NaN-filled) when `rows` is given, else
-    attached with its shape from the file size (the worker knows only the positions: `max_model_len`)."""
+def open_table(path: str | Path, rows: int | None = None, positions: int | None = None) -> np.ndarray:
+    """The table as a [rows, positions, 2] float32 array over a shared mapping of the file: created (NaN-filled)
+    when `rows` is given, else attached with its shape from the file size (the worker knows only the positions:
+    `max_model_len`). A plain ndarray on an `mmap`, not `np.memmap`, whose every slice is a memmap object (8 µs
+    per one-position read here, against ~1 µs)."""
     if rows is not None:
-        table = np.memmap(path, dtype=np.float32, mode="w+", shape=(rows, positions, 2))
+        with open(path, "wb") as f:
+            f.truncate(rows * positions * 2 * 4)
+    with open(path, "r+b") as f:
+        buf = mmap.mmap(f.fileno(), 0)
+    table = np.frombuffer(buf, dtype=np.float32).reshape(-1, positions, 2)
+    if rows is not None:
         table[:] = np.nan
-        return table
-    size = os.path.getsize(path) // 4
-    return np.memmap(path, dtype=np.float32, mode="r+", shape=(size // (2 * positions), positions, 2))
+    return table
 
 
 class ValueTable:
@@ -72,8 +78,8 @@ class ValueTable:
 
     def read(self, row: int, start: int, stop: int) -> tuple[list[float], list[float]]:
         """Values and entropies at positions [start, stop) of `row` (NaN where the worker wrote nothing)."""
-        cells = self.table[row, start:stop]
-        return cells[:, 0].tolist(), cells[:, 1].tolist()
+        values, entropies = self.table[row, start:stop].T.tolist()
+        return values, entropies
 
     def close(self) -> None:
         try:
@@ -87,7 +93,8 @@ class TableWriter:
 
     def __init__(self, positions: int):
         self.positions = positions
-        self._tables: dict[str, np.memmap] = {}
+        self._tables: dict[str, np.ndarray] = {}
+        self.rows_of: dict[str, tuple[str, int] | None] = {}  # vLLM request id -> (table, row), None: not ours
 
     def write(self, path: str, rows: np.ndarray, positions: np.ndarray, cells: np.ndarray) -> None:
         table = self._tables.get(path)

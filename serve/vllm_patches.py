@@ -200,7 +200,7 @@ def apply_value_channel(max_model_len: int) -> None:
         out = original(self, scheduler_output, sampler_output, logits, *args, **kwargs)
         if cells is not None and not self.use_async_scheduling and not failed:
             try:
-                write_step(self, writer, cells, out[3], out[5])
+                write_step(self, writer, cells, out[3], out[5], scheduler_output.finished_req_ids)
             except Exception as e:  # never break the engine over the side channel: the gateway falls back
                 failed.append(True)
                 log.warning("value_channel_disabled", error=repr(e))
@@ -210,27 +210,34 @@ def apply_value_channel(max_model_len: int) -> None:
     _channel_applied = True
 
 
-def write_step(runner, writer, cells, sampled: list[list[int]], req_ids: list[str]) -> None:
+def write_step(runner, writer, cells, sampled: list[list[int]], req_ids: list[str], finished=()) -> None:
     """Row i of `cells` is request `req_ids[i]`; each request that sampled one token this step and names a table
-    gets its cell at the new token's position (tokens so far − prompt − 1, from the batch's own counts)."""
+    gets its cell at the new token's position (tokens so far − prompt − 1, from the batch's own counts).
+    A request's table and row are looked up once (`writer.rows_of`) and forgotten when it finishes."""
     import numpy as np
 
     from serve.value_table import ROW_KEY, TABLE_KEY
 
+    known = writer.rows_of
+    for rid in finished:
+        known.pop(rid, None)
     idx, rows, path = [], [], None
     for i, (rid, toks) in enumerate(zip(req_ids, sampled)):
         if len(toks) != 1:  # discarded (a partial prefill) or speculative tokens: nothing to write
             continue
-        state = runner.requests.get(rid)
-        extra = state.sampling_params.extra_args if state is not None and state.sampling_params else None
-        if not extra or TABLE_KEY not in extra:
+        where = known.get(rid, False)
+        if where is False:
+            state = runner.requests.get(rid)
+            extra = state.sampling_params.extra_args if state is not None and state.sampling_params else None
+            where = known[rid] = (extra[TABLE_KEY], extra[ROW_KEY]) if extra and TABLE_KEY in extra else None
+        if where is None:
             continue
         if path is None:
-            path = extra[TABLE_KEY]
-        elif extra[TABLE_KEY] != path:  # one engine per worker, so one table; anything else is skipped
+            path = where[0]
+        elif where[0] != path:  # one engine per worker, so one table; anything else is skipped
             continue
         idx.append(i)
-        rows.append(extra[ROW_KEY])
+        rows.append(where[1])
     if not idx:
         return
     batch = runner.input_batch
