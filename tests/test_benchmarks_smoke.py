@@ -109,7 +109,7 @@ def test_vs_litellm_smoke(tmp_path, cache_dir, vllm_server):
 
 
 def test_t4_profile_without_gpu_says_so():
-    from benchmarks.harness import gpu_present
+    from benchmarks.profiles import gpu_present
 
     if gpu_present()[0]:
         pytest.skip("a GPU is present: the t4 profile would run")
