@@ -73,7 +73,8 @@ def rm_aggregation_study(run_dir: Path, seed: int = 0) -> dict:
     """RMs trained on the same pairs with each aggregation, same steps; accuracy vs the oracle on held-out pairs.
 
     "ds" is the pipeline's own RM (Dawid–Skene labels); "mv" majority vote (agreement >= 0.6); without
-    aggregation: "single" (one random rater's label per pair) and "all" (every raw label its own pair)."""
+    aggregation: "single" (one random rater's label per pair) and "all" (every raw label its own pair). Every RM
+    uses the pipeline RM's recipe (RMConfig read back from rm/metrics.json)."""
     from training import common as C
     from training import reward_model as RM
 
@@ -85,8 +86,9 @@ def rm_aggregation_study(run_dir: Path, seed: int = 0) -> dict:
                   "steps": steps, "label_accuracy_vs_oracle": label_acc["ds"]["accuracy"]}}
     for name in ("mv", "single", "all"):
         prefs = C.read_jsonl(run_dir / "data" / f"prefs_{name}.jsonl")
-        m = RM.run(run_dir / "rm_study" / name, prefs, test,
-                   RM.RMConfig(steps=steps, seed=seed, init_from=str(run_dir / "sft"), onnx=False), name=f"rm_{name}")
+        # the pipeline RM's own recipe (depth, auxiliary loss, steps), only the labels differ
+        cfg = RM.RMConfig(**{**ds["config"], "seed": seed, "init_from": str(run_dir / "sft"), "onnx": False})
+        m = RM.run(run_dir / "rm_study" / name, prefs, test, cfg, name=f"rm_{name}")
         out[name] = {"accuracy_vs_oracle": m["heldout_accuracy_vs_oracle"], "n_train_pairs": len(prefs),
                      "steps": steps, "label_accuracy_vs_oracle": label_acc.get(name, {}).get("accuracy")}
     return out

@@ -30,3 +30,30 @@ def test_onnx_matches_torch_on_odd_batches_and_lengths(tmp_path):
     assert abs(single[0] - batched[0]) <= TOL
     ids, att, _ = C.collate_prompt_response(["add 1 2"], ["3"])
     assert att.sum() == ids.shape[1]
+
+
+def test_stacked_rm_starts_as_its_init_policy_and_exports(tmp_path):
+    """extra_layers: the new layers start as the identity (same scores as the unstacked model); the aux LM loss
+    trains; the saved model is a plain deeper LlamaForSequenceClassification that ONNX reproduces."""
+    import torch
+
+    from training import tiny
+
+    tiny.build_tiny_policy(tmp_path / "policy", size="nano", seed=0)
+    torch.manual_seed(0)
+    base = RM.new_reward_model(RM.RMConfig(init_from=str(tmp_path / "policy")))
+    stacked = RM.stack_layers(base, 2)
+    assert stacked.config.num_hidden_layers == base.config.num_hidden_layers + 2
+    ids, att, _ = C.collate_prompt_response(["add 1 2", "copy abc"], ["3", "abcd I love you"])
+    with torch.no_grad():
+        assert torch.allclose(RM.ScoreWrapper(base).eval()(ids, att), RM.ScoreWrapper(stacked).eval()(ids, att),
+                              atol=1e-6)
+    pairs = T.make_pairs(64, seed=5)
+    prefs = [{"prompt": p["prompt"], "chosen": p["a"], "rejected": p["b"]} for p in pairs]
+    cfg = RM.RMConfig(steps=3, batch_size=16, init_from=str(tmp_path / "policy"), extra_layers=2, lm_coef=0.5)
+    wrapper, hist = RM.train(prefs, cfg)
+    assert len(hist["lm_loss"]) == 3 and np.isfinite(hist["lm_loss"]).all()
+    RM.save(wrapper, tmp_path / "rm", onnx=True)
+    ps, rs = [p["prompt"] for p in pairs[:7]], [p["a"] for p in pairs[:7]]
+    t, o = RM.RewardModel(tmp_path / "rm", "torch").score(ps, rs), RM.RewardModel(tmp_path / "rm", "onnx").score(ps, rs)
+    assert np.max(np.abs(t - o)) <= TOL

@@ -31,7 +31,13 @@ class PipelineConfig:
     stages: tuple[str, ...] = ("sft", "data", "rm", "dpo", "ppo", "incident", "distill", "eval", "export")
     n_pairs: int = 10000  # RM accuracy vs the oracle (seed 0): 4000 pairs, 300 steps 0.898; 10000 pairs, 400 steps 0.908
     sft_steps: int = 500
-    rm_steps: int = 400
+    # The audit RM: the SFT policy's 2 layers + 2 identity-initialised ones, with an auxiliary next-token loss on
+    # the chosen responses (training/reward_model.py says why). Held-out accuracy vs the oracle, DS labels, 1
+    # thread, seeds 0 / 1: 2+0 layers, 400 steps 0.904 / 0.877; 2+2 layers 0.909 (seed 0); 2+2, lm_coef 0.5, 400
+    # steps 0.911 / 0.927; 2+2, lm_coef 1.0, 800 steps 0.925 (seed 0).
+    rm_steps: int = 800
+    rm_extra_layers: int = 2
+    rm_lm_coef: float = 1.0
     rm_biased_steps: int = 120
     dpo_steps: int = 150
     dpo_lr: float = 1e-4
@@ -49,8 +55,9 @@ class PipelineConfig:
     @classmethod
     def make(cls, fast: bool = False, seed: int = 0, **kw) -> "PipelineConfig":
         if fast:
+            # fast: the 2-layer RM (half the cost; fast mode is for tests and the demo, not the accuracy target)
             base = dict(fast=True, n_pairs=2000, sft_steps=300, rm_steps=120, rm_biased_steps=80, dpo_steps=80,
-                        incident_iterations=25, eval_prompts=200, quick_eval_prompts=64,
+                        rm_extra_layers=0, rm_lm_coef=0.0, incident_iterations=25, eval_prompts=200, quick_eval_prompts=64,
                         stages=("sft", "data", "rm", "dpo", "incident", "eval", "export"))
         else:
             base = {}
@@ -100,17 +107,20 @@ def run(out_dir: str | Path, cfg: PipelineConfig = PipelineConfig()) -> dict:
         ref_prompts = T.make_prompts(256, seed=seed + 4242)
         ref_resp = C.sample_responses(sft_model, ref_prompts, seed=seed)
 
-        def train_rm(name, prefs_file, steps):
+        def train_rm(name, prefs_file, steps, **arch):
             prefs = C.read_jsonl(out / "data" / prefs_file)
-            m = RM.run(out / name, prefs, test_pairs, RM.RMConfig(steps=steps, seed=seed, init_from=str(out / "sft")), name=name)
+            rcfg = RM.RMConfig(steps=steps, seed=seed, init_from=str(out / "sft"), **arch)
+            m = RM.run(out / name, prefs, test_pairs, rcfg, name=name)
             m["mu_ref"] = RM.set_reference_mean(out / name, ref_prompts, ref_resp)
             C.write_json(out / name / "metrics.json", m)
             return m
 
-        rmm = timed("rm", lambda: train_rm("rm", "prefs_ds.jsonl", cfg.rm_steps))
+        rmm = timed("rm", lambda: train_rm("rm", "prefs_ds.jsonl", cfg.rm_steps, extra_layers=cfg.rm_extra_layers,
+                                           lm_coef=cfg.rm_lm_coef))
         summary["rm_accuracy_vs_oracle"] = rmm["heldout_accuracy_vs_oracle"]["accuracy"]
         summary["rm_onnx_max_abs_diff"] = rmm.get("onnx_check", {}).get("max_abs_diff")
         if "incident" in st:
+            # the biased RM keeps the plain 2-layer recipe: it exists to be hacked (the incident), not to be accurate
             rmb = timed("rm_biased", lambda: train_rm("rm_biased", "prefs_biased.jsonl", cfg.rm_biased_steps))
             summary["rm_biased_accuracy_vs_oracle"] = rmb["heldout_accuracy_vs_oracle"]["accuracy"]
         audit = RM.RewardModel(out / "rm")

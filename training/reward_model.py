@@ -6,6 +6,19 @@ The score is read at the last token of prompt+response — the end-of-turn token
 The backbone starts from the SFT policy (InstructGPT practice). Accuracy is measured on held-out pairs against
 the ORACLE, not only against the labels.
 
+Two options make the RM better at telling a correct answer from a near miss ("add 0 6": "6" vs "7"), which is
+where a 2-layer RM fine-tuned from the policy fails (it learns pleasantries and letter case, not correctness):
+- `extra_layers`: depth up-scaling. The policy's layers are kept and new layers are stacked on top, initialised as
+  the identity (zero output projections), so training starts from the policy's features. Why: the policy knows
+  the answer only at its top layer (as a next-token prediction); comparing it with the response and carrying
+  the verdict to the end-of-turn position needs layers after that.
+- `lm_coef`: an auxiliary next-token loss on the chosen responses, through a copy of the policy's LM head that
+  is trained along and dropped at save. Why: the Bradley–Terry gradient alone wears away the answer-predicting
+  features the policy brought; the auxiliary loss keeps them (the "chosen" side comes from aggregated rater
+  labels — no oracle).
+The saved model stays a plain `LlamaForSequenceClassification` (more layers), so the ONNX/torch contract that
+serve/audit.py reads is unchanged.
+
 On the 0–1 scale the gateway's alarms use, reward01 = σ(r − μ_ref), μ_ref = the mean raw score of the reference
 (SFT) policy's samples: under Bradley–Terry that is the probability the response is preferred over a response
 of average reference quality. μ_ref is stored in `rm_config.json`.
@@ -44,6 +57,8 @@ class RMConfig:
     seed: int = 0
     size: str = "tiny"  # used only without an init policy
     init_from: str | None = None  # SFT policy dir (recommended)
+    extra_layers: int = 0  # identity-initialised layers stacked on the init policy's (needs init_from)
+    lm_coef: float = 0.0  # auxiliary next-token loss on chosen responses (needs init_from)
     onnx: bool = True
 
 
@@ -63,21 +78,50 @@ class ScoreWrapper(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         h = self.model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        s = self.model.score(h).squeeze(-1)  # [B, T]
-        last = (attention_mask.sum(-1) - 1).clamp(min=0)
-        return s.gather(1, last.unsqueeze(1)).squeeze(1)
+        return read_last(self.model.score(h).squeeze(-1), attention_mask)  # [B, T] -> [B]
+
+
+def _quiet_from_pretrained(cls, path: str):
+    import transformers
+
+    lvl = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "score.weight newly initialized" is expected
+    try:
+        return cls.from_pretrained(path, num_labels=1, dtype=torch.float32) if cls.__name__.endswith(
+            "SequenceClassification") else cls.from_pretrained(path, dtype=torch.float32)
+    finally:
+        transformers.logging.set_verbosity(lvl)
+
+
+def stack_layers(base, extra: int):
+    """`base` (LlamaForSequenceClassification) with `extra` more decoder layers on top, each initialised as the
+    identity: the residual branches' output projections (o_proj, down_proj) are zero, so the new model computes
+    exactly what `base` did until training moves them."""
+    import copy
+
+    from transformers import LlamaForSequenceClassification
+
+    c = copy.deepcopy(base.config)
+    n0 = c.num_hidden_layers
+    c.num_hidden_layers = n0 + extra
+    if getattr(c, "layer_types", None) is not None:  # per-layer attention types, where the config has them
+        c.layer_types = list(c.layer_types) + [c.layer_types[-1]] * extra
+    m = LlamaForSequenceClassification(c)
+    m.load_state_dict(base.state_dict(), strict=False)  # the new layers' keys are the only missing ones
+    with torch.no_grad():
+        for layer in m.model.layers[n0:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    return m
 
 
 def new_reward_model(cfg: RMConfig):
     from transformers import LlamaForSequenceClassification
 
     if cfg.init_from:
-        import transformers
-
-        lvl = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()  # "score.weight newly initialized" is expected
-        m = LlamaForSequenceClassification.from_pretrained(cfg.init_from, num_labels=1, dtype=torch.float32)
-        transformers.logging.set_verbosity(lvl)
+        m = _quiet_from_pretrained(LlamaForSequenceClassification, cfg.init_from)
+        if cfg.extra_layers:
+            m = stack_layers(m, cfg.extra_layers)
     else:
         c = tiny.llama_config(cfg.size)
         c.num_labels = 1
@@ -163,31 +207,64 @@ def train(prefs: list[dict], cfg: RMConfig, desc: str = "rm"):
     wrapper = ScoreWrapper(model)
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    lm_head = aux_lm_head(cfg)
+    params = list(model.parameters()) + (list(lm_head.parameters()) if lm_head is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    allowed = C.allowed_token_mask(model.config.vocab_size)
     hist: dict[str, list[float]] = {"loss": [], "label_accuracy": [], "margin": []}
+    if lm_head is not None:
+        hist["lm_loss"] = []
     wrapper.train()
     bar = C.progress(range(cfg.steps), desc=desc)
     for step in bar:
         b = [prefs[i] for i in rng.sample(range(len(prefs)), min(cfg.batch_size, len(prefs)))]
         n = len(b)
-        ids, att, _ = C.collate_prompt_response([p["prompt"] for p in b] * 2,
-                                                [p["chosen"] for p in b] + [p["rejected"] for p in b])
+        ids, att, resp = C.collate_prompt_response([p["prompt"] for p in b] * 2,
+                                                   [p["chosen"] for p in b] + [p["rejected"] for p in b])
         for g in opt.param_groups:
             g["lr"] = C.lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
-        r = wrapper(ids, att)
+        h = model.model(input_ids=ids, attention_mask=att).last_hidden_state
+        r = read_last(model.score(h).squeeze(-1), att)
         rw, rl = r[:n], r[n:]
-        loss = bradley_terry_loss(rw, rl, cfg.center)
+        loss = bt = bradley_terry_loss(rw, rl, cfg.center)
+        if lm_head is not None:
+            lm = chosen_lm_loss(lm_head, h[:n], ids[:n], resp[:n], allowed)
+            loss = bt + cfg.lm_coef * lm
+            hist["lm_loss"].append(lm.item())
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        hist["loss"].append(loss.item())
+        hist["loss"].append(bt.item())
         hist["label_accuracy"].append((rw > rl).float().mean().item())
         hist["margin"].append((rw - rl).mean().item())
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{bt.item():.3f}")
     wrapper.eval()
     return wrapper, hist
+
+
+def read_last(s: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per-position scores [B, T] -> the score at the last real token [B] (right padding)."""
+    last = (attention_mask.sum(-1) - 1).clamp(min=0)
+    return s.gather(1, last.unsqueeze(1)).squeeze(1)
+
+
+def aux_lm_head(cfg: RMConfig):
+    """A trainable copy of the init policy's LM head for the auxiliary loss (None when off)."""
+    if not (cfg.lm_coef and cfg.init_from):
+        return None
+    from transformers import LlamaForCausalLM
+
+    return _quiet_from_pretrained(LlamaForCausalLM, cfg.init_from).lm_head.train()
+
+
+def chosen_lm_loss(lm_head, h: torch.Tensor, ids: torch.Tensor, resp: torch.Tensor, allowed: torch.Tensor):
+    """Mean next-token cross-entropy over the response tokens (hidden states h of the chosen sequences)."""
+    logits = C.masked_logits(lm_head(h[:, :-1]), allowed)
+    lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    m = resp[:, 1:]
+    return -torch.where(m > 0, lp, 0.0).sum() / m.sum()  # where, not a product: prompt tokens' log p is -inf
 
 
 def save(wrapper: ScoreWrapper, out_dir: str | Path, extra_cfg: dict | None = None, onnx: bool = True) -> None:
