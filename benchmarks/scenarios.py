@@ -3,7 +3,7 @@ This module holds the engine-backed comparisons and the registry; the capacity s
 are in `benchmarks/capacity.py`, the run's context in `benchmarks/context.py`.
 
 Every scenario alternates its systems (A B, B A, ...) in one run, with load from vLLM's own bench machinery
-(`benchmarks.harness.run_load`), and writes one JSON + markdown + PNG (`benchmarks.harness.write`).
+(`benchmarks.load.run_load`), and writes one JSON + markdown + PNG (`benchmarks.report.write`).
 """
 
 from __future__ import annotations
