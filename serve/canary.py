@@ -37,13 +37,21 @@ def read_gate_verdict(model_dir: str) -> dict:
     import json
 
     path = Path(model_dir) / "manifest.json"
-    if not path.is_file():
+    if not _is_file(path):
         return {"verdict": "NONE", "reasons": ["no manifest.json in the directory"]}
     try:
         gate = json.loads(path.read_text()).get("gate") or {}
     except (OSError, ValueError) as e:
         return {"verdict": "FAIL", "reasons": [f"unreadable manifest.json: {e}"]}
     return {"verdict": str(gate.get("verdict", "NONE")).upper(), "reasons": list(gate.get("reasons") or [])}
+
+
+def _is_file(path: Path) -> bool:
+    """`Path.is_file`, False where the OS refuses the path itself (a component over 255 bytes: ENAMETOOLONG)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 class CanaryController:
@@ -385,9 +393,9 @@ class CanaryController:
         return st
 
     async def register(self, spec: VersionSpec, force: bool, who: str, why: str | None) -> dict:
-        gate = read_gate_verdict(spec.model) if spec.model else {"verdict": "NONE", "reasons": ["remote URL"]}
-        if spec.model and not Path(spec.model, "config.json").is_file():
+        if spec.model and not _is_file(Path(spec.model, "config.json")):
             raise ControlError(400, f"{spec.model} is not an HF model directory (no config.json)")
+        gate = read_gate_verdict(spec.model) if spec.model else {"verdict": "NONE", "reasons": ["remote URL"]}
         if gate["verdict"] == "FAIL" and not force:
             raise ControlError(409, f"version `{spec.name}` failed the training gate ({'; '.join(gate['reasons'])}); "
                                     "pass force=true to register it anyway (audited)")

@@ -248,3 +248,10 @@ async def test_controller_alarm_rollback_and_register_gate(tmp_path):
         assert "reward_hacking" in c.state["rollout"]["reason"]
     finally:
         await c.stop()
+
+
+def test_gate_verdict_of_an_unusable_path_is_none_not_an_error():
+    """schemathesis found a 500: a `model` path with a component over 255 bytes made `Path.is_file` raise."""
+    from serve.canary import read_gate_verdict
+
+    assert read_gate_verdict("x" * 300)["verdict"] == "NONE"
