@@ -72,9 +72,11 @@ async def _run_engine(name: str, model: str, batches: list[int], tokens: int, ro
         return SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=1.0,
                               output_kind=RequestOutputKind.DELTA, **value_params(slots, read))
 
-    async def one(i: int, read: bool) -> float:
+    async def one(i: int, read: bool) -> tuple[float, float]:
+        """(TPOT, end-to-end) of one request, ms."""
         prompt = [5 + (i * 7 + j) % 200 for j in range(64)]
         first = last = None
+        sent = time.perf_counter()
         row = table.acquire() if table is not None and read else None
         done = 0
         try:
@@ -89,21 +91,21 @@ async def _run_engine(name: str, model: str, batches: list[int], tokens: int, ro
         finally:
             if row is not None:
                 table.release(row)
-        return (last - first) / (tokens - 1) * 1e3
+        return (last - first) / (tokens - 1) * 1e3, (last - sent) * 1e3
 
-    async def batch_tpot(n: int, read: bool) -> float:
-        return statistics.median(await asyncio.gather(*(one(i, read) for i in range(n))))
+    async def batch(n: int, read: bool) -> list[tuple[float, float]]:
+        return await asyncio.gather(*(one(i, read) for i in range(n)))
 
     modes = (False, True) if slots is not None else (False,)
     out: dict = {}
     try:
         for n in batches:
             for read in modes:  # warm-up: first batches of a shape compile / allocate
-                await batch_tpot(n, read)
+                await batch(n, read)
             per = {m: [] for m in modes}
             for r in range(rounds):
                 for read in (modes if r % 2 == 0 else modes[::-1]):
-                    per[read].append(await batch_tpot(n, read))
+                    per[read].append(await batch(n, read))
             entry = summarise(per)
             out[str(n)] = entry
             print(f"{name} batch {n}: " + ", ".join(f"{k} {v:.4g}" for k, v in entry.items()
@@ -115,15 +117,31 @@ async def _run_engine(name: str, model: str, batches: list[int], tokens: int, ro
     return out
 
 
-def summarise(per: dict[bool, list[float]]) -> dict:
-    """Per batch size: median and minimum TPOT over rounds, read-out off (and on), their difference and ratio."""
-    entry = {"tpot_ms_off": statistics.median(per[False]), "tpot_ms_off_min": min(per[False]), "rounds_off": per[False]}
+def _p99(xs: list[float]) -> float:
+    return statistics.quantiles(xs, n=100, method="inclusive")[98] if len(xs) > 1 else xs[0]
+
+
+def summarise(per: dict[bool, list[list[tuple[float, float]]]]) -> dict:
+    """Per batch size, read-out off (and on): a round's TPOT is its batch's median, and the median and minimum over
+    rounds are reported with their difference and ratio; then every request of every round pooled, for the p99 TPOT
+    and p99 end-to-end (submit to last token) on vs off that the issue's target names."""
+    tpot = {m: [statistics.median(t for t, _ in rnd) for rnd in rounds] for m, rounds in per.items()}
+    pooled = {m: ([t for rnd in rounds for t, _ in rnd], [e for rnd in rounds for _, e in rnd])
+              for m, rounds in per.items()}
+    entry = {"tpot_ms_off": statistics.median(tpot[False]), "tpot_ms_off_min": min(tpot[False]),
+             "rounds_off": tpot[False], "p99_tpot_ms_off": _p99(pooled[False][0]),
+             "p99_e2e_ms_off": _p99(pooled[False][1]), "p50_e2e_ms_off": statistics.median(pooled[False][1])}
     if per.get(True):
-        on, on_min = statistics.median(per[True]), min(per[True])
-        entry.update(tpot_ms_on=on, tpot_ms_on_min=on_min, rounds_on=per[True],
+        on, on_min = statistics.median(tpot[True]), min(tpot[True])
+        entry.update(tpot_ms_on=on, tpot_ms_on_min=on_min, rounds_on=tpot[True],
                      readout_ms_per_step=on - entry["tpot_ms_off"], readout_ms_per_step_min=on_min - entry["tpot_ms_off_min"],
-                     ratio_on_off=statistics.median([b / a for a, b in zip(per[False], per[True])]),
-                     ratio_on_off_min=on_min / entry["tpot_ms_off_min"])
+                     ratio_on_off=statistics.median([b / a for a, b in zip(tpot[False], tpot[True])]),
+                     ratio_on_off_min=on_min / entry["tpot_ms_off_min"],
+                     p99_tpot_ms_on=_p99(pooled[True][0]), p99_e2e_ms_on=_p99(pooled[True][1]),
+                     p50_e2e_ms_on=statistics.median(pooled[True][1]))
+        entry.update(p99_tpot_ratio=entry["p99_tpot_ms_on"] / entry["p99_tpot_ms_off"],
+                     p99_e2e_added_ms=entry["p99_e2e_ms_on"] - entry["p99_e2e_ms_off"],
+                     p50_e2e_added_ms=entry["p50_e2e_ms_on"] - entry["p50_e2e_ms_off"])
     return entry
 
 
@@ -196,8 +214,12 @@ def main(argv: list[str] | None = None) -> int:
             if e:
                 summary[f"{name} batch {n}"] = {
                     **{k: round(e[k], 4) for k in ("readout_ms_per_step", "ratio_on_off", "readout_ms_per_step_min",
-                                                   "ratio_on_off_min")},
-                    **({"ratio_on_vs_no_value_head": round(e["tpot_ms_on"] / base["tpot_ms_off"], 4)} if base else {})}
+                                                   "ratio_on_off_min", "p99_tpot_ratio", "p99_e2e_added_ms",
+                                                   "p50_e2e_added_ms")},
+                    **({"ratio_on_vs_no_value_head": round(e["tpot_ms_on"] / base["tpot_ms_off"], 4),
+                        "p99_tpot_ratio_vs_no_value_head": round(e["p99_tpot_ms_on"] / base["p99_tpot_ms_off"], 4),
+                        "p99_e2e_added_ms_vs_no_value_head": round(e["p99_e2e_ms_on"] - base["p99_e2e_ms_off"], 4)}
+                       if base else {})}
     result["summary"] = summary
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

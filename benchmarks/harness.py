@@ -32,9 +32,11 @@ RATIO_METRICS = ("p99_e2el_ms", "p50_e2el_ms", "p99_ttft_ms", "p99_tpot_ms", "p9
 
 
 def rotate(names: list[str], rnd: int) -> list[str]:
-    """Round r's order: A B, B A, ... (rotated and reversed on odd rounds) so drifts hit every system alike."""
-    order = names[rnd % len(names):] + names[: rnd % len(names)]
-    return order[::-1] if rnd % 2 else order
+    """Round r's order: the names rotated by r (A B, B A, ...; A B C, B C A, C A B, ...), so over the rounds every
+    system runs in every position and a drift hits all alike. (Until 2026-12-04 this also reversed odd rounds,
+    which for two systems undid the rotation: A B every round.)"""
+    k = rnd % len(names) if names else 0
+    return names[k:] + names[:k]
 
 
 class Launcher:
@@ -61,9 +63,12 @@ def alternate(systems: dict, loads: list[Load], rounds: int, baseline: str, toke
     """For each load, `rounds` rounds of every system in rotating order. `before/after(name, load, rnd)` may
     return dicts merged into the run's summary (e.g. RSS); `stop_after(entry)` ends a sweep early.
     Systems given as `Launcher`s run one at a time: round r starts each system in turn (rotated order), runs
-    every load on it, and stops it (A: all loads, B: all loads; then B, A; ...)."""
+    every load on it, and stops it (A: all loads, B: all loads; then B, A; ...); a sweep cannot end early there
+    (every load has run on A before B starts), so `stop_after` is refused rather than ignored."""
     names = list(systems)
     if any(isinstance(v, Launcher) for v in systems.values()):
+        if stop_after is not None:
+            raise ValueError("alternate: stop_after needs the systems running side by side, not Launchers")
         runs = {ld.label or ld.rate: {n: [] for n in names} for ld in loads}
         for rnd in range(rounds):
             for name in rotate(names, rnd):
@@ -71,8 +76,12 @@ def alternate(systems: dict, loads: list[Load], rounds: int, baseline: str, toke
                 url = sysx.start() if isinstance(sysx, Launcher) else sysx
                 try:
                     for load in loads:
+                        pre = before(name, load, rnd) if before else {}
                         s = run_load(url, load, tokenizer, work, f"{name}-{load.label or load.rate}-{rnd}",
                                      prof.slo_ms, prof.reward_floor)
+                        s.update(pre or {})
+                        if after:
+                            s.update(after(name, load, rnd) or {})
                         s["round"] = rnd
                         runs[load.label or load.rate][name].append(s)
                         print(f"[{load.label or load.rate}] round {rnd} " + line(name, s), flush=True)

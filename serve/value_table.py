@@ -53,11 +53,41 @@ def open_table(path: str | Path, rows: int | None = None, positions: int | None 
     return table
 
 
+PREFIX = "aligngate-values-"
+
+
+def remove_orphans(directory: Path | None = None) -> list[str]:
+    """Unlink the tables of gateways that are gone: a process killed with SIGKILL never unlinks its file (~1 MB
+    of /dev/shm each). The owner's pid is in the name; a pid that no longer exists frees the file. (A recycled pid
+    keeps a file alive until the next start after that process ends too: never a live table removed.)"""
+    removed = []
+    for f in (directory or _shm_dir()).glob(PREFIX + "*"):
+        pid = f.name[len(PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            try:
+                f.unlink()
+                removed.append(f.name)
+            except OSError:
+                pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 class ValueTable:
     """The gateway's side: the file, the free rows, and reads of a row's new positions."""
 
     def __init__(self, name: str, rows: int, positions: int):
-        self.path = str(_shm_dir() / f"aligngate-values-{os.getpid()}-{name}-{os.urandom(4).hex()}")
+        remove_orphans()
+        self.path = str(_shm_dir() / f"{PREFIX}{os.getpid()}-{name}-{os.urandom(4).hex()}")
         self.rows, self.positions = rows, positions
         self.table = open_table(self.path, rows, positions)
         self._free = deque(range(rows))  # FIFO: a row just released is the last to be handed out again

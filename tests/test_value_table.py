@@ -43,3 +43,32 @@ def test_a_second_mapping_writes_what_the_gateway_reads():
         assert t.read(a, 1, 1) == ([], [])
     finally:
         t.close()
+
+
+def test_a_killed_gateways_table_is_removed_by_the_next_one():
+    """SIGKILL leaves a gateway's file in /dev/shm; the next table made on this machine unlinks it (its pid is
+    gone) and leaves a live process's table alone."""
+    import signal
+    import subprocess
+    import sys
+
+    from serve.value_table import _shm_dir
+
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from serve.value_table import ValueTable; t = ValueTable('killed', rows=2, positions=4); "
+        "print(t.path, flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    path = child.stdout.readline().strip()
+    assert os.path.exists(path)
+    mine = ValueTable("alive", rows=2, positions=4)
+    try:
+        assert os.path.exists(path)  # its owner still runs: kept
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        assert os.path.exists(path)  # nobody unlinked it
+        other = ValueTable("next", rows=2, positions=4)
+        assert not os.path.exists(path)
+        assert os.path.exists(mine.path) and str(_shm_dir()) in path
+        other.close()
+    finally:
+        mine.close()
+        child.kill()
