@@ -114,6 +114,9 @@ def alternate(systems: dict, loads: list[Load], rounds: int, baseline: str, toke
 
 
 def ratios(runs: dict[str, list], baseline: str) -> dict:
+    """Per system, each metric's ratio over the baseline round by round, and the median over rounds (one round
+    disturbed by something else on the machine is set aside); and the pooled p99 E2E: every request of every round
+    in one distribution per system, the whole run's p99, in which one disturbed round weighs in fully."""
     out = {}
     for n, rs in runs.items():
         if n == baseline:
@@ -123,4 +126,12 @@ def ratios(runs: dict[str, list], baseline: str) -> dict:
             v = [a[m] / b[m] if a.get(m) and b.get(m) else None for a, b in zip(rs, runs[baseline])]
             ok = [x for x in v if x is not None]
             out[n][m] = {"median": statistics.median(ok) if ok else None, "rounds": v}
+        mine, base = pooled_p99(rs), pooled_p99(runs[baseline])
+        if mine and base:
+            out[n]["p99_e2el_ms_pooled"] = {"ratio": mine / base, n: mine, baseline: base}
     return out
+
+
+def pooled_p99(runs: list[dict], key: str = "e2el_ms_all") -> float | None:
+    xs = [x for r in runs for x in r.get(key, [])]
+    return statistics.quantiles(xs, n=100, method="inclusive")[98] if len(xs) > 1 else None

@@ -42,15 +42,17 @@ def markdown(result: dict) -> str:
             f"{m['loadavg_at_start'][0]:.1f}. SLOs for goodput: {slo}; reward floor {result['reward_floor']:g}. "
             f"Medians over rounds (systems alternated A B / B A in one run).", "",
             "| load | system | TTFT p50/p90/p99 ms | TPOT p50/p90/p99 ms | ITL p50/p90/p99 ms | E2E p50/p90/p99 ms "
-            "| req/s | goodput | reward-goodput | ok / refused / failed | p99 E2E vs baseline |",
+            "| req/s | goodput | reward-goodput | ok / refused / failed | p99 E2E vs baseline: median of rounds / pooled |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in result["entries"]:
         for name, runs in e["runs"].items():
             trip = {mt: "/".join(fmt(med(runs, f"p{p}_{mt}_ms"), 1 if mt != "tpot" else 2) for p in PERCENTILES)
                     for mt in METRICS}
             refused = med(runs, "refused_429_503")
-            ratio = "baseline" if name == result["baseline"] else fmt(
-                (e["ratio_over_baseline"].get(name, {}).get("p99_e2el_ms") or {}).get("median"), 3)
+            rr = e["ratio_over_baseline"].get(name, {})
+            ratio = "baseline" if name == result["baseline"] else (
+                f"{fmt((rr.get('p99_e2el_ms') or {}).get('median'), 3)} / "
+                f"{fmt((rr.get('p99_e2el_ms_pooled') or {}).get('ratio'), 3)}")
             head.append(f"| {e['label']} | {name} | {trip['ttft']} | {trip['tpot']} | {trip['itl']} | {trip['e2el']} | "
                         f"{fmt(med(runs, 'request_throughput'))} | {fmt(med(runs, 'request_goodput'))} | "
                         f"{fmt(med(runs, 'reward_goodput'))} | {fmt(med(runs, 'completed'), 0)} / {fmt(refused, 0)} / "

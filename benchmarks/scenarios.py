@@ -74,8 +74,10 @@ def _ratio_summary(r: dict, name: str) -> dict:
     out = {}
     for e in r["entries"]:
         rr = e["ratio_over_baseline"].get(name, {})
+        pooled = (rr.get("p99_e2el_ms_pooled") or {}).get("ratio")
         out[f"{name} / {r['baseline']} at {e['label']}"] = (
-            f"p99 E2E {H.fmt((rr.get('p99_e2el_ms') or {}).get('median'), 3)}×, "
+            f"p99 E2E {H.fmt((rr.get('p99_e2el_ms') or {}).get('median'), 3)}× (median of rounds; pooled over "
+            f"rounds {H.fmt(pooled, 3)}×), "
             f"p50 E2E {H.fmt((rr.get('p50_e2el_ms') or {}).get('median'), 3)}×, "
             f"p99 TTFT {H.fmt((rr.get('p99_ttft_ms') or {}).get('median'), 3)}×")
     return out
