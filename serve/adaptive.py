@@ -8,7 +8,9 @@ within `tolerance` x its baseline, the best TPOT the version has shown recently:
 - every `interval_s`, the median TPOT of the requests that finished in that interval is compared with the
   baseline (the 10th percentile of those interval medians over the last `baseline_window_s`: a low-load
   reference that one lucky interval on a noisy machine does not set);
-- above `tolerance` x baseline: the limit shrinks multiplicatively (x `decrease`), at most once per interval;
+- above `tolerance` x baseline: the limit shrinks multiplicatively, at most once per interval, by the overshoot
+  (x tolerated / observed, the "gradient" of Netflix's concurrency-limits; at least x `decrease`, at most halved):
+  a burst at 2x capacity is met within a second or two, where a fixed x 0.9 took ~10 s to come down from 32;
 - the same for the engine's own time to first token (TTFT minus the gateway's queue wait, against its own
   baseline, with `ttft_tolerance`): requests admitted beyond what the engine schedules at once wait inside the
   engine, where TPOT does not show it but TTFT does (vLLM queues past `max_num_seqs`; a burst of prefills
@@ -41,7 +43,8 @@ class AdaptiveLimit:
     floor: int = 8
     tolerance: float = 1.2
     ttft_tolerance: float = 2.0
-    decrease: float = 0.9
+    decrease: float = 0.9  # the least shrink on a slow interval
+    max_decrease: float = 0.5  # the most
     interval_s: float = 0.5
     min_samples: int = 8
     baseline_window_s: float = 300.0
@@ -104,7 +107,10 @@ class AdaptiveLimit:
         slow = base is not None and recent > self.tolerance * base
         late = recent_ttft is not None and base_ttft is not None and recent_ttft > self.ttft_tolerance * base_ttft
         if slow or late:
-            self.limit = max(self.floor, int(self.limit * self.decrease))
+            over = max(recent / (self.tolerance * base) if slow else 0.0,
+                       recent_ttft / (self.ttft_tolerance * base_ttft) if late else 0.0)
+            factor = max(self.max_decrease, min(self.decrease, 1.0 / over))
+            self.limit = max(self.floor, int(self.limit * factor))
         elif saturated:
             self.limit = min(self.ceiling, self.limit + max(1, self.limit // 8))
 

@@ -68,7 +68,9 @@ class AdaptiveLimits(BaseModel):
 
     tolerance: float = Field(1.2, gt=1.0, description="recent TPOT / baseline TPOT above which the limit shrinks")
     ttft_tolerance: float = Field(2.0, gt=1.0, description="the same for the engine's TTFT (queue wait left out)")
-    min_concurrency: int = Field(8, ge=1, description="the limit never goes below this")
+    min_concurrency: int = Field(8, ge=1, description="the limit never goes below this (lower holds latency tighter "
+                                                      "where a step's cost grows with the batch, as on CPU, but "
+                                                      "refuses more while it recovers from an overload)")
     queue_wait_share: float = Field(0.1, gt=0, description="longest queue wait, as a share of the median decode time")
 
 

@@ -291,3 +291,25 @@ def test_client_gone_while_queued_frees_its_place_and_never_runs(gw):
     finally:
         fault(gw, 0)
     assert metric(gw, "aligngate_requests_total", version="stable", status="200") == ok0 + MAX_CONCURRENCY
+
+
+def test_adaptive_limit_shrinks_by_the_overshoot_at_most_halving():
+    """A far overshoot (a burst at 2x capacity) is met in a few intervals, not by x0.9 steps: the limit shrinks by
+    tolerated / observed, never by more than half at once, and by at least `decrease` on any slow interval."""
+    clock = FakeClock()
+    a = AdaptiveLimit(ceiling=64, floor=2, tolerance=1.25, clock=clock, start=64)
+
+    def feed(tpot: float, intervals: int) -> None:
+        _feed(a, clock, tpot, intervals)
+        a.observe(None, None)  # the interval's update runs on the first observation after it
+
+    feed(0.002, 4)
+    assert a.limit == 64
+    feed(0.010, 1)  # 5x the baseline, 4x what is tolerated: halved (not quartered)
+    assert a.limit == 32
+    feed(0.0030, 1)  # 1.2x tolerated: x 1/1.2
+    assert a.limit == int(32 / 1.2)
+    feed(0.00255, 1)  # 1.02x tolerated: still at least x decrease
+    assert a.limit == int(int(32 / 1.2) * a.decrease)
+    feed(0.010, 10)
+    assert a.limit == 2  # the floor
