@@ -39,6 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.machine import machine_facts  # noqa: E402
+from benchmarks.run_metrics import pct  # noqa: E402
 
 ENGINES = ("no-value-head", "vllm-gather", "patched", "shm")
 
@@ -118,7 +119,7 @@ async def _run_engine(name: str, model: str, batches: list[int], tokens: int, ro
 
 
 def _p99(xs: list[float]) -> float:
-    return statistics.quantiles(xs, n=100, method="inclusive")[98] if len(xs) > 1 else xs[0]
+    return pct(xs, 99)
 
 
 def summarise(per: dict[bool, list[list[tuple[float, float]]]]) -> dict:

@@ -18,7 +18,7 @@ from benchmarks.proc_usage import process_cpu_s, process_rss_mb
 from benchmarks.profiles import (PUBLIC_MODEL, Profile, default_model, gateway_env, gpu_present, no_gpu_message,
                                  profile, version_spec)
 from benchmarks.report import RESULTS, fmt, new_result, write
-from benchmarks.run_metrics import line, med
+from benchmarks.run_metrics import line, med, pct
 from benchmarks.venvs import ensure_venv
 
 __all__ = [  # the scenarios' `H.<name>`: the alternation (here) and what it re-exports from the modules above
@@ -133,5 +133,4 @@ def ratios(runs: dict[str, list], baseline: str) -> dict:
 
 
 def pooled_p99(runs: list[dict], key: str = "e2el_ms_all") -> float | None:
-    xs = [x for r in runs for x in r.get(key, [])]
-    return statistics.quantiles(xs, n=100, method="inclusive")[98] if len(xs) > 1 else None
+    return pct([x for r in runs for x in r.get(key, [])], 99)

@@ -18,7 +18,8 @@ METRICS = ("ttft", "tpot", "itl", "e2el")
 PERCENTILES = ("50", "90", "99")
 
 
-def _pct(xs: list[float], q: float) -> float | None:
+def pct(xs: list[float], q: float) -> float | None:
+    """The q-th percentile, linear between ranks (numpy's default); None for no data."""
     if not xs:
         return None
     s = sorted(xs)
@@ -66,7 +67,7 @@ def summarise(r: dict, recs: list[dict], slo_ms: dict[str, float], reward_floor:
     out["rewards_seen"] = len(rewards)
     out["reward_cached"] = cached
     out["reward_mean"] = statistics.fmean(rewards) if rewards else None
-    out["reward_p10"] = _pct(rewards, 10)
+    out["reward_p10"] = pct(rewards, 10)
     out["reward_goodput"] = good_reward / dur if rewards else None
     out["reward_goodput_share"] = good_reward / len(ttfts) if rewards and ttfts else None
     out["mean_output_tokens"] = statistics.fmean(o for o, e in zip(olens, errors) if not e) if e2el_ms else None
