@@ -12,6 +12,21 @@ import pytest
 
 from benchmarks.procs import free_port, start_aligngate, start_vllm_server  # noqa: F401  (free_port re-exported)
 
+# Test tiers (tests/README.md). A test is `slow` when it needs a vLLM engine, a gateway process or a training run:
+# it uses one of these fixtures (directly or through another fixture), or its module starts such processes itself,
+# or it is marked `@pytest.mark.slow`. `pytest -m "not slow"` is the fast tier for the edit-test loop.
+SLOW_FIXTURES = {"gateway", "start_gateway", "vllm_server", "remote_gateway", "fast_pipeline", "cache_dir"}
+SLOW_MODULES = {"test_auth_limits", "test_canary_e2e", "test_chaos", "test_fuzz_schema", "test_overload",
+                "test_remote_replica", "test_scale_out", "test_benchmarks_smoke", "test_incident_demo",
+                "test_training_pipeline"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if module in SLOW_MODULES or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def session_dir(tmp_path_factory) -> Path:
