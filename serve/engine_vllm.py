@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from vllm.logprobs import FlatLogprobs
 
-from serve import vllm_patches
+from serve import vllm_compat, vllm_patches
 from serve.config import VersionSpec
 from serve.engine import (
     Delta,
@@ -97,6 +97,8 @@ class VLLMEngine(Engine):
         from serve.value_slots import read_value_slots
 
         spec = self.spec
+        # a vLLM whose patched internals moved: this engine refuses to start, saying which vLLM (serve.vllm_compat)
+        vllm_compat.ensure_compatible()
         self.slots = await asyncio.to_thread(read_value_slots, spec.model)
         vllm_patches.apply()
         overrides = None

@@ -29,14 +29,18 @@ usual (that is a separate detokenizer). Measured in benchmarks/results/serve_rew
    in `extra_args`. With it the gateway asks for no logprobs at all, so vLLM's per-request logprobs plumbing
    (engine core and API process) is skipped.
 
-Each is applied once, idempotent, and inert if vLLM's internals move (the reward still works, only slower: the
-engine's warm-up finds the table unwritten and falls back to the logprobs read-out).
+Each is applied once and idempotent. Each first checks that the vLLM internals it replaces still look as written
+for (`serve.vllm_compat`: the attribute exists, its signature has the parameters forwarded) and raises
+`VLLMDriftError` naming the installed and the expected vLLM otherwise: never silently inert. `ALIGNGATE_VLLM_PATCHES=off`
+skips them all (vLLM's own code paths). The value channel's per-step writer still falls back to the logprobs
+read-out, with a warning, should a step's bookkeeping surprise it at run time (the engine's warm-up checks it too).
 """
 
 from __future__ import annotations
 
 import os
 
+from serve import vllm_compat
 from serve.logs import get_logger
 
 log = get_logger(__name__)
@@ -51,13 +55,10 @@ SAMPLER_PATCH_ENV = "ALIGNGATE_SAMPLER_PATCH"
 
 def apply() -> None:
     global _applied
-    if _applied:
+    if _applied or not vllm_compat.require("apply"):
         return
-    try:
-        from vllm.v1.engine.logprobs import LogprobsProcessor
-    except ImportError:
-        log.warning("vllm_patch_skipped", reason="vllm.v1.engine.logprobs.LogprobsProcessor not found")
-        return
+    from vllm.v1.engine.logprobs import LogprobsProcessor
+
     original = LogprobsProcessor.from_new_request.__func__
 
     def from_new_request(cls, tokenizer, request):
@@ -72,18 +73,13 @@ def apply() -> None:
 
 def apply_sampler() -> None:
     global _sampler_applied
-    if _sampler_applied or os.environ.get(SAMPLER_PATCH_ENV, "1") == "0":
+    if (_sampler_applied or os.environ.get(SAMPLER_PATCH_ENV, "1") == "0"
+            or not vllm_compat.require("apply_sampler")):
         return
-    try:
-        from vllm.v1.sample.sampler import Sampler
-    except ImportError:
-        log.warning("vllm_patch_skipped", reason="vllm.v1.sample.sampler.Sampler not found")
-        return
-    original = getattr(Sampler, "gather_specific_token_logprobs", None)
-    original_forward = getattr(Sampler, "forward", None)
-    if original is None or original_forward is None:
-        log.warning("vllm_patch_skipped", reason="Sampler.gather_specific_token_logprobs / forward not found")
-        return
+    from vllm.v1.sample.sampler import Sampler
+
+    original = Sampler.gather_specific_token_logprobs
+    original_forward = Sampler.forward
 
     def gather_specific_token_logprobs(self, logprobs, logprob_token_ids, sampled):
         ids = uniform_ids(logprob_token_ids)
@@ -179,17 +175,11 @@ def stash_step(cells) -> None:
 
 def apply_value_channel(max_model_len: int) -> None:
     global _channel_applied
-    if _channel_applied:
+    if _channel_applied or not vllm_compat.require("apply_value_channel"):
         return
-    try:
-        from vllm.v1.worker.gpu_model_runner import GPUModelRunner
-    except ImportError:
-        log.warning("vllm_patch_skipped", reason="vllm.v1.worker.gpu_model_runner.GPUModelRunner not found")
-        return
-    original = getattr(GPUModelRunner, "_bookkeeping_sync", None)
-    if original is None:
-        log.warning("vllm_patch_skipped", reason="GPUModelRunner._bookkeeping_sync not found")
-        return
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    original = GPUModelRunner._bookkeeping_sync
     from serve.value_table import TableWriter
 
     writer = TableWriter(max_model_len)
