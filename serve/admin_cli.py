@@ -119,8 +119,32 @@ def _canary(args) -> int:
     return _print(args, _call(args, "POST", f"/admin/canary/{a}", {"reason": args.reason}))
 
 
+def _import(args) -> int:
+    """Offline (no gateway): a TRL / OpenRLHF checkpoint -> a version directory (training.import_checkpoint)."""
+    from training.import_checkpoint import ImportRefused, import_checkpoint
+
+    try:
+        res = import_checkpoint(args.src, args.out, policy=args.policy, name=args.name, force=args.force)
+    except (ImportRefused, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"out": str(res.out), "layout": res.layout, "value_head": res.value_head,
+                          "audit_model": str(res.audit_model) if res.audit_model else None, "notes": res.notes}))
+        return 0
+    print(f"imported {args.src} (layout {res.layout}) -> {res.out}")
+    print(f"value head: {'yes (in-pass)' if res.value_head else 'no'}"
+          + (f"; audit model: {res.audit_model}" if res.audit_model else ""))
+    for n in res.notes:
+        print(f"note: {n}")
+    print(f"register it: aligngate versions register NAME --model {res.out}")
+    return 0
+
+
 def _versions(args) -> int:
     a = args.action
+    if a == "import":
+        return _import(args)
     if a == "list":
         res = _call(args, "GET", "/admin/versions")
         if args.json:
@@ -170,7 +194,7 @@ def add_subcommands(sub) -> None:
     sw.add_argument("weight", type=float)
     c.set_defaults(func=_canary)
 
-    v = sub.add_parser("versions", help="policy versions: list, register, unload")
+    v = sub.add_parser("versions", help="policy versions: list, register, import, unload")
     vs = v.add_subparsers(dest="action", required=True)
     vs.add_parser("list", parents=[common], help="registered versions")
     r = vs.add_parser("register", parents=[common], help="register an exported model directory or a remote URL")
@@ -178,6 +202,21 @@ def add_subcommands(sub) -> None:
     r.add_argument("--model", help="exported model directory (with manifest.json)")
     r.add_argument("--remote-url", help="remote vLLM OpenAI server")
     r.add_argument("--force", action="store_true", help="override a FAIL gate verdict (audited)")
+    im = vs.add_parser("import", help="turn a TRL value-head checkpoint or an OpenRLHF critic into a version "
+                                      "directory (offline, no gateway)",
+                       description="Import a checkpoint into aligngate's version layout (HF files, "
+                                   "value_head/value_head.safetensors, manifest.json with gate verdict IMPORTED). "
+                                   "Layouts: TRL AutoModelForCausalLMWithValueHead (v_head.summary.* in the weights; "
+                                   "safetensors, sharded or .bin); OpenRLHF critic (value_head.weight or score.weight "
+                                   "over its own trunk; needs --policy): served in the pass when its trunk is the "
+                                   "policy's, else written as an audit reward model (DIR/audit_model); a causal LM "
+                                   "without a value head. Written atomically.")
+    im.add_argument("src", help="checkpoint directory")
+    im.add_argument("--out", required=True, help="version directory to write")
+    im.add_argument("--policy", help="the actor an OpenRLHF critic belongs to (HF causal LM directory)")
+    im.add_argument("--name", help="version name in the manifest (default: the --out directory's name)")
+    im.add_argument("--force", action="store_true", help="replace an existing --out")
+    im.add_argument("--json", action="store_true", help="print the result as JSON")
     u = vs.add_parser("unload", parents=[common], help="drain and unload a version")
     u.add_argument("name")
     v.set_defaults(func=_versions)

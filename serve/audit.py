@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -120,6 +121,56 @@ class ChatEncoder:
         return ids, att
 
 
+class TemplateEncoder:
+    """A reward model with its own tokenizer and chat template (an imported OpenRLHF critic): the pair is rendered
+    as [user prompt, assistant response] by the template; the texts are tokenized as text (`split_special_tokens`)
+    between the template's own tokens, so user text that spells a special token stays text. Same truncation and
+    right padding as ChatEncoder."""
+
+    def __init__(self, tokenizer_dir: str | Path, max_length: int = 512):
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        if not self.tok.chat_template:
+            raise ValueError(f"{tokenizer_dir}: rm_config.json asks for chat_template encoding; the tokenizer has none")
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        self.pad = int(pad or 0)
+        self.max_length = max_length
+
+    def _ids(self, prompt: str, response: str) -> list[int]:
+        nonce = os.urandom(6).hex()
+        texts = (prompt, response)
+        marks = [f"\x00{nonce}-{i}\x00" for i in range(2)]
+        msgs = [{"role": "user", "content": marks[0]}, {"role": "assistant", "content": marks[1]}]
+        text = self.tok.apply_chat_template(msgs, tokenize=False)
+        if any(text.count(k) != 1 for k in marks):  # a template that rewrites contents: plain rendering
+            text = self.tok.apply_chat_template([{**m, "content": t} for m, t in zip(msgs, texts)], tokenize=False)
+            return self.tok.encode(text, add_special_tokens=False)
+        ids: list[int] = []
+        pos = 0
+        for k, t in zip(marks, texts):
+            i = text.index(k, pos)
+            ids += self.tok.encode(text[pos:i], add_special_tokens=False)
+            ids += self.tok.encode(t, add_special_tokens=False, split_special_tokens=True)
+            pos = i + len(k)
+        return ids + self.tok.encode(text[pos:], add_special_tokens=False)
+
+    def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        seqs = []
+        for p, r in zip(prompts, responses):
+            s = self._ids(p, r)
+            if len(s) > self.max_length:
+                s = s[:2] + s[-(self.max_length - 2):]
+            seqs.append(s)
+        T = max(len(s) for s in seqs)
+        ids = np.full((len(seqs), T), self.pad, dtype=np.int64)
+        att = np.zeros((len(seqs), T), dtype=np.int64)
+        for k, s in enumerate(seqs):
+            ids[k, :len(s)] = s
+            att[k, :len(s)] = 1
+        return ids, att
+
+
 # --- backends -------------------------------------------------------------------------------------------------
 class OnnxBackend:
     name = "onnx"
@@ -187,7 +238,10 @@ class RewardScorer:
         tj = _find(d, ("tokenizer.json",))
         if tj is None:
             raise FileNotFoundError(f"no tokenizer.json in {d} or {d / 'hf'}")
-        self.encoder = ChatEncoder(tj, max_length)
+        if self.rm_config.get("encoding") == "chat_template":  # an imported critic (training.import_checkpoint)
+            self.encoder: ChatEncoder | TemplateEncoder = TemplateEncoder(tj.parent, max_length)
+        else:
+            self.encoder = ChatEncoder(tj, max_length)
         self.backend = load_backend(d, backend, threads)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
