@@ -9,6 +9,7 @@ Every action is appended to the audit log with the key id, time, what, and the `
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
 import secrets
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from serve.alarms import InjectedAlarms
 from serve.canary import ControlError
+from serve.checkpoints import servable_dir
 from serve.config import Settings, VersionSpec
 from serve.errors import APIError
 from serve.faults import clear_fault, set_fault
@@ -61,7 +63,8 @@ class Reason(BaseModel):
 
 class RegisterBody(Reason):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    model: str | None = Field(None, description="exported model directory (HF files + manifest.json)")
+    model: str | None = Field(None, description="exported model directory (HF files + manifest.json), or a TRL "
+                              "value-head checkpoint (imported into the cache directory first)")
     url: str | None = Field(None, pattern=r"^https?://[^\s/?#]+", description="remote OpenAI-compatible vLLM server")
     remote_model: str | None = None
     # sent as an HTTP header value: printable ASCII only (schemathesis: a non-ASCII key was stored, then every
@@ -167,8 +170,17 @@ def build_admin_router(gw, settings: Settings) -> APIRouter:
 
     @router.post("/versions", status_code=201, summary="Register a version (exported directory or remote URL)")
     async def register(body: RegisterBody, who: str = Depends(admin_key_id)):
+        model, why = body.model, body.reason
+        if model:  # a TRL checkpoint is imported into the cache first (serve/checkpoints.py)
+            try:
+                model, layout = await asyncio.to_thread(servable_dir, model, settings.cache_dir)
+            except (ValueError, OSError) as e:
+                raise APIError(400, f"cannot serve {body.model}: {e}", param="model", code="invalid_value") from None
+            if layout:
+                why = f"{why + '; ' if why else ''}imported {layout} checkpoint {body.model} into {model}"
+                log.info("checkpoint_imported", version=body.name, layout=layout, source=body.model, dir=model)
         try:
-            spec = VersionSpec(name=body.name, model=body.model, url=body.url, remote_model=body.remote_model,
+            spec = VersionSpec(name=body.name, model=model, url=body.url, remote_model=body.remote_model,
                                remote_api_key=body.remote_api_key, max_model_len=body.max_model_len,
                                kv_cache_gib=body.kv_cache_gib, weight=0.0)
         except ValueError as e:
@@ -176,7 +188,7 @@ def build_admin_router(gw, settings: Settings) -> APIRouter:
             errs = e.errors() if hasattr(e, "errors") else []
             msg = errs[0].get("msg", "invalid version") if errs else (str(e) or "invalid version")
             raise APIError(400, msg, code="invalid_value") from None
-        return await run(ctl().register(spec, body.force, who, body.reason))
+        return await run(ctl().register(spec, body.force, who, why))
 
     @router.delete("/versions/{name}", status_code=202, summary="Drain (stop routing, wait in-flight) and unload")
     async def unload(name: str, who: str = Depends(admin_key_id), reason: str | None = Query(None)):

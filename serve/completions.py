@@ -239,13 +239,22 @@ class Call:
         for r in rewards:
             if r is not None:
                 gw.stats.record_reward(self.engine.name, r.score)  # the canary gate's reward input
-        if self.wait_audit:
-            self.audits = await _audit_results(self._observe(rewards), gw.settings.audit_wait_timeout_s)
+        # A version without a value head has no in-pass reward: the audit model (when configured) scores every one
+        # of its answers, waited for after the last token, and that is the reward (source "audit_model"); with no
+        # audit model the reward stays null - never a made-up zero.
+        by_audit = not self.engine.has_value_head and gw.quality.audit is not None
+        if self.wait_audit or by_audit:
+            self.audits = await _audit_results(self._observe(rewards, wait=True), gw.settings.audit_wait_timeout_s)
+            if by_audit:
+                rewards = [Reward(a["score"], "audit_model", a["model_version"]) if a else None for a in self.audits]
+                for r in rewards:
+                    if r is not None:
+                        gw.stats.record_reward(self.engine.name, r.score)
         else:  # the monitor, response log and audit sampling run just after the answer's last bytes are written
             asyncio.get_running_loop().call_soon(self._observe, rewards)
         return rewards
 
-    def _observe(self, rewards: list[Reward | None]) -> list:
+    def _observe(self, rewards: list[Reward | None], wait: bool = False) -> list:
         """The monitor stage per choice (serve/quality.py): synchronous, never raises; audit futures when waited."""
         futures = []
         for i, r in enumerate(rewards):
@@ -254,7 +263,7 @@ class Call:
             futures.append(self.gw.quality.observe(self.engine.name, rid, self.prompt_text,
                                                    self.tracker.response_text(i), r.score if r else None,
                                                    self.tracker.mean_entropy(i), c.entropy_n or None,
-                                                   wait_audit=self.wait_audit))
+                                                   wait_audit=wait))
         return futures
 
 

@@ -43,10 +43,11 @@ except ImportError:  # older vLLM: plain ValueError
 class VLLMEngine(Engine):
     restartable = True  # serve.supervisor restarts it when its engine core dies
 
-    def __init__(self, spec: VersionSpec):
+    def __init__(self, spec: VersionSpec, cache_dir: str | Path | None = None):
         self.llm = None
         super().__init__(spec.name)
         self.spec = spec
+        self.cache_dir = cache_dir  # where a configured TRL checkpoint is imported to (serve/checkpoints.py)
         self.tokenizer = None
         self.max_model_len = spec.max_model_len
         self.slots = None
@@ -97,6 +98,13 @@ class VLLMEngine(Engine):
         from serve.value_slots import read_value_slots
 
         spec = self.spec
+        if self.cache_dir is not None:  # a TRL checkpoint in ALIGNGATE_VERSIONS / the YAML: import it first
+            from serve.checkpoints import servable_dir
+
+            model, layout = await asyncio.to_thread(servable_dir, spec.model, self.cache_dir)
+            if layout:
+                log.info("checkpoint_imported", version=self.name, layout=layout, source=spec.model, dir=model)
+                spec = self.spec = spec.model_copy(update={"model": model})
         # a vLLM whose patched internals moved: this engine refuses to start, saying which vLLM (serve.vllm_compat)
         vllm_compat.ensure_compatible()
         self.slots = await asyncio.to_thread(read_value_slots, spec.model)

@@ -32,7 +32,7 @@ def make_engine(spec: VersionSpec, settings: Settings) -> Engine:
     # MB, which a replica in front of remote vLLM servers (the scale-out path) never needs
     from serve.engine_vllm import VLLMEngine
 
-    return VLLMEngine(spec)
+    return VLLMEngine(spec, settings.cache_dir)
 
 
 class Gateway:

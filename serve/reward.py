@@ -68,7 +68,8 @@ class RewardTracker:
 @dataclass
 class Reward:
     score: float
-    source: str  # "value_head" (in-pass, last position) | "value_head_eos" (finalize step)
+    source: str  # "value_head" (in-pass, last position) | "value_head_eos" (finalize step) | "audit_model" (a
+    # version without a value head, scored by the audit reward model after the answer: serve/completions.py)
     model_version: str
     cached: bool = False
 

@@ -319,8 +319,17 @@ def import_checkpoint(src: str | Path, out: str | Path, *, policy: str | Path | 
     return result
 
 
+def _drop_head_config(d: Path) -> None:
+    """A policy directory's config.json may name a value head of its own (an aligngate version given as --policy):
+    the version's head is only what this import writes."""
+    cfg = _config(d)
+    if (cfg.get("aligngate") or {}).pop("value_head", None) is not None:
+        (d / "config.json").write_text(json.dumps(cfg, indent=2))
+
+
 def _build(src: Path, policy_dir: Path, tmp: Path, layout: str, name: str) -> ImportResult:
     _copy_side_files(policy_dir, tmp)
+    _drop_head_config(tmp)
     trl_head = _copy_weights(policy_dir, tmp)
     res = ImportResult(tmp, layout, False)
     vh: dict | None = None
@@ -390,3 +399,35 @@ def importable(model_dir: str | Path) -> str | None:
     except (ImportRefused, FileNotFoundError):
         return None
     return layout if layout in ("trl", "openrlhf_critic") else None
+
+
+def import_for_serving(model_dir: str | Path, cache_dir: str | Path) -> tuple[Path, str | None]:
+    """`versions register --model` / a configured version given a TRL checkpoint: (the directory to serve, the
+    layout imported or None). A TRL directory is imported once into `<cache_dir>/imported/<name>-<key>`, the key
+    a hash of the source's path, file names, sizes and times (a changed checkpoint is imported afresh). An
+    OpenRLHF critic is refused (it needs its policy: `aligngate versions import --policy`); anything else is
+    served as it is."""
+    src = Path(model_dir).resolve()
+    layout = importable(src)
+    if layout is None:
+        return src, None
+    if layout == "openrlhf_critic":
+        raise ImportRefused(f"{src} is an OpenRLHF critic, not a policy: import it with its actor first, "
+                            f"`aligngate versions import {src} --policy ACTOR_DIR --out VERSION_DIR`, and register "
+                            "VERSION_DIR")
+    h = hashlib.sha256(str(src).encode())
+    for p in sorted(src.iterdir()):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    out = Path(cache_dir) / "imported" / f"{src.name}-{h.hexdigest()[:12]}"
+    if (out / MANIFEST).is_file():
+        return out, layout
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import_checkpoint(src, out)
+    except (ImportRefused, OSError):
+        if (out / MANIFEST).is_file():  # another replica (or request) imported it meanwhile
+            return out, layout
+        raise
+    return out, layout
