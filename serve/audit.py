@@ -12,7 +12,9 @@ Model directory contract (what `training/reward_model.py` writes):
     hf/                 LlamaForSequenceClassification (torch fallback) + HF tokenizer files (tokenizer.json)
     rm_config.json      {"mu_ref": float, ...}: reward01 = sigmoid(score − mu_ref) (0.5 = as good as an average
                         answer of the reference policy), optional "version"
-(`model.onnx` and a top-level tokenizer.json are accepted too.) A sequence is the chat format the training
+(`model.onnx` and a top-level tokenizer.json are accepted too.) With `"encoding": "chat_template"` in
+rm_config.json (an imported OpenRLHF critic, `training/import_checkpoint.py`), the pair is rendered by the
+tokenizer's own chat template instead (`TemplateEncoder`). A sequence is the chat format the training
 module scores: `<|bos|><|user|>{prompt}<|end|><|assistant|>{response}<|end|>`; special tokens are added by id
 and the texts are encoded with `encode_special_tokens=True`, so user text that spells "<|end|>" stays text
 (identical to training.common.collate_prompt_response). Sequences longer than `max_length` keep their first
