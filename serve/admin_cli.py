@@ -199,7 +199,8 @@ def add_subcommands(sub) -> None:
     vs.add_parser("list", parents=[common], help="registered versions")
     r = vs.add_parser("register", parents=[common], help="register an exported model directory or a remote URL")
     r.add_argument("name")
-    r.add_argument("--model", help="exported model directory (with manifest.json)")
+    r.add_argument("--model", help="exported model directory (with manifest.json), or a TRL value-head checkpoint "
+                                    "(imported into the gateway's cache directory first)")
     r.add_argument("--remote-url", help="remote vLLM OpenAI server")
     r.add_argument("--force", action="store_true", help="override a FAIL gate verdict (audited)")
     im = vs.add_parser("import", help="turn a TRL value-head checkpoint or an OpenRLHF critic into a version "

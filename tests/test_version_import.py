@@ -223,3 +223,31 @@ def test_cli_import(tmp_path, capsys):
     assert "layout trl" in out and "value head: yes" in out and str(tmp_path / "v") in out
     assert main(["versions", "import", str(tmp_path / "trl"), "--out", str(tmp_path / "v")]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+FAMILIES = ("llama3", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("layout", ["trl", "openrlhf"])
+def test_family_checkpoints_import_with_the_same_values(tmp_path, family, layout):
+    """training.families' checkpoints (BPE tokenizer, the family's config, tied embeddings where the family ties):
+    the head saved inside the weights the trainer's way comes out as the version's head, same values."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from training.families import build_family_checkpoint
+
+    src = build_family_checkpoint(family, tmp_path / "src", value_head=layout)
+    sd = load_file(str(src / "model.safetensors"))
+    w = sd["v_head.summary.weight" if layout == "trl" else "value_head.weight"]
+    b = sd.get("v_head.summary.bias") if layout == "trl" else None
+    res = import_checkpoint(src, tmp_path / "v")
+    assert res.layout == layout and res.value_head
+    assert not {"v_head.summary.weight", "value_head.weight"} & cf.keys(res.out)
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()
+    ids = torch.randint(5, 100, (2, 7), generator=torch.Generator().manual_seed(42))
+    want = trl_values(model, w, b if b is not None else torch.zeros(1), ids)
+    got = version_values(res.out, ids)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    assert (res.out / "tokenizer.json").is_file() and (res.out / "generation_config.json").is_file()

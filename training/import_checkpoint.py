@@ -6,6 +6,8 @@ Layouts recognised (by the tensor names in the weight files, not by file names a
   it, its checkpoints are still about): the causal LM's own weights with `v_head.summary.weight` [1, H] and
   `v_head.summary.bias` [1] among them, in `model.safetensors`, `pytorch_model.bin`, or shards with an index.
   The head is a linear over the policy's own post-norm hidden states, so it is served in the same forward pass.
+- `openrlhf`: a causal LM with a bias-free `value_head.weight` (or `score.weight`) over its own trunk inside its
+  weights: the policy's own value head, served in the pass like TRL's.
 - `openrlhf_critic`: OpenRLHF's critic (or reward model) directory: its own trunk under `model.` (no `lm_head`) and a
   bias-free linear `value_head.weight` or `score.weight` (the name in config.json `value_head_prefix` wins) over
   ITS OWN hidden states; `normalize_reward` with `mean`/`std` in config.json is folded into the head. It needs
@@ -44,7 +46,6 @@ MANIFEST = "manifest.json"  # as training.export
 AUDIT_DIR = "audit_model"
 TRL_PREFIX = "v_head."
 WRAPPER_PREFIX = "pretrained_model."  # a TRL wrapper's own state_dict, saved by a trainer instead of save_pretrained
-CRITIC_HEADS = ("value_head", "score")
 IMPORTED = {"verdict": "IMPORTED", "reasons": ["imported from outside aligngate: no aligngate training gate was run; "
                                               "the canary rollout's live gates still apply"]}
 
@@ -71,16 +72,30 @@ def _config(d: Path) -> dict:
 
 
 def critic_head_name(d: Path, names: set[str]) -> str | None:
-    """The critic head's tensor name in an OpenRLHF directory, or None when this is not one."""
+    """The name of an OpenRLHF-style head tensor (`value_head.weight`, `score.weight`, or config.json's
+    `value_head_prefix`), or None. `score.weight` of a *ForSequenceClassification model is a classifier, not this."""
     cfg = _config(d)
     candidates = [f"{cfg['value_head_prefix']}.weight"] if cfg.get("value_head_prefix") else []
-    candidates += [f"{h}.weight" for h in CRITIC_HEADS]
-    if "lm_head.weight" in names and not cfg.get("value_head_prefix"):
-        return None  # a causal LM (maybe tied) - `score.weight` beside an LM head is not OpenRLHF's critic
+    candidates.append("value_head.weight")
+    if not any("Classification" in a for a in cfg.get("architectures") or []):
+        candidates.append("score.weight")
     return next((c for c in candidates if c in names), None)
 
 
-def detect_layout(src: str | Path) -> str:
+def is_causal_lm(d: Path, names: set[str]) -> bool:
+    """A policy (an LM head of its own, or tied to the embeddings) under a *ForCausalLM architecture - as opposed to
+    OpenRLHF's critic, a trunk with only the value head (saved as `CriticModel`, or without `lm_head`)."""
+    cfg = _config(d)
+    archs = cfg.get("architectures") or []
+    lm = any(a.endswith(("ForCausalLM", "ForConditionalGeneration")) for a in archs)
+    tied = bool(cfg.get("tie_word_embeddings") if "tie_word_embeddings" in cfg
+                else (cfg.get("text_config") or {}).get("tie_word_embeddings"))
+    return lm and ("lm_head.weight" in names or tied)
+
+
+def detect_layout(src: str | Path, critic: bool = False) -> str:
+    """aligngate | trl | openrlhf (a causal LM carrying a bias-free head over its own trunk in its weights) |
+    openrlhf_critic (a critic: its own trunk, needs the policy; `critic=True` when a --policy was given) | plain."""
     d = Path(src)
     _config(d)
     if (d / VALUE_HEAD_FILE).is_file():
@@ -89,7 +104,7 @@ def detect_layout(src: str | Path) -> str:
     if any(n.startswith((TRL_PREFIX, WRAPPER_PREFIX + TRL_PREFIX)) for n in names):
         return "trl"
     if critic_head_name(d, names) is not None:
-        return "openrlhf_critic"
+        return "openrlhf_critic" if critic or not is_causal_lm(d, names) else "openrlhf"
     return "plain"
 
 
@@ -105,8 +120,13 @@ def _copy_side_files(src: Path, dst: Path) -> list[str]:
 
 
 def _copy_weights(src: Path, dst: Path) -> dict[str, torch.Tensor]:
-    """The model's weights into `dst` as safetensors (shards and index kept), TRL's `v_head.*` tensors taken out
-    and returned; a wrapper's `pretrained_model.` prefix is dropped."""
+    """The model's weights into `dst` as safetensors (shards and index kept), value-head tensors (TRL's `v_head.*`,
+    an in-weights `value_head.weight` / `score.weight`) taken out and returned: vLLM's own causal-LM class would
+    refuse them. A wrapper's `pretrained_model.` prefix is dropped."""
+    heads = {n for n in ("value_head.weight", "score.weight") if n == critic_head_name(src, {n})}
+    prefix = _config(src).get("value_head_prefix")
+    if prefix:
+        heads.add(f"{prefix}.weight")
     wf = cf.find_weights(src)
     head: dict[str, torch.Tensor] = {}
     weight_map: dict[str, str] = {}
@@ -114,7 +134,7 @@ def _copy_weights(src: Path, dst: Path) -> dict[str, torch.Tensor]:
         kept = {}
         for k, t in tensors.items():
             k = k[len(WRAPPER_PREFIX):] if k.startswith(WRAPPER_PREFIX) else k
-            if k.startswith(TRL_PREFIX):
+            if k.startswith(TRL_PREFIX) or k in heads:
                 head[k] = t
             else:
                 kept[k] = t
@@ -191,7 +211,8 @@ def compare_trunks(critic: Path, policy: Path, head_key: str) -> TrunkComparison
     pol = _Tensors(policy)
     critic_keys = cf.keys(critic) - {head_key, "mean", "std"}
     policy_keys = {k[len(WRAPPER_PREFIX):] if k.startswith(WRAPPER_PREFIX) else k for k in cf.keys(policy)}
-    policy_trunk = {k for k in policy_keys if not k.startswith((TRL_PREFIX, "lm_head."))}
+    policy_trunk = {k for k in policy_keys
+                    if not k.startswith((TRL_PREFIX, "lm_head.")) and k not in ("value_head.weight", "score.weight")}
     if critic_keys != policy_trunk:
         extra, missing = sorted(critic_keys - policy_trunk)[:3], sorted(policy_trunk - critic_keys)[:3]
         return TrunkComparison(False, 0, 0, float("nan"), f"tensor names differ (critic only: {extra}, policy only: "
@@ -293,14 +314,15 @@ def import_checkpoint(src: str | Path, out: str | Path, *, policy: str | Path | 
                       force: bool = False) -> ImportResult:
     """`src` (a TRL value-head checkpoint, an OpenRLHF critic with `policy`, or a plain causal LM) -> version `out`."""
     src, out = Path(src).resolve(), Path(out).resolve()
-    layout = detect_layout(src)
+    layout = detect_layout(src, critic=policy is not None)
     if layout == "aligngate":
         raise ImportRefused(f"{src} is already an aligngate version (it has {VALUE_HEAD_FILE}): register it as it is")
     if layout == "openrlhf_critic" and policy is None:
         raise ImportRefused(f"{src} is an OpenRLHF critic: a value model over its own trunk, not a policy. Give the "
                             "actor it was trained with: --policy DIR")
     if policy is not None and layout != "openrlhf_critic":
-        raise ImportRefused(f"--policy is for an OpenRLHF critic; {src} is a {layout} checkpoint")
+        raise ImportRefused(f"--policy is for an OpenRLHF critic; {src} is a {layout} checkpoint with no "
+                            "value_head.weight / score.weight")
     if out.exists() and not force:
         raise ImportRefused(f"{out} exists; choose another --out or pass --force to replace it")
     name = name or out.name
@@ -341,6 +363,11 @@ def _build(src: Path, policy_dir: Path, tmp: Path, layout: str, name: str) -> Im
         _save_head(tmp, w, trl_head.get(TRL_BIAS), "trl")
         vh = {"file": VALUE_HEAD_FILE, "layout": "trl", "source": f"TRL v_head.summary.* in {src}",
               "bias": TRL_BIAS in trl_head}
+    elif layout == "openrlhf":  # the head is over this very model's trunk: the policy's own value head
+        head_key = critic_head_name(src, set(trl_head))
+        w, b, info = critic_head(src, head_key)
+        _save_head(tmp, w, b, "openrlhf")
+        vh = {"file": VALUE_HEAD_FILE, "layout": "openrlhf", "source": f"{head_key} in the weights of {src}", **info}
     elif layout == "openrlhf_critic":
         head_key = critic_head_name(src, cf.keys(src))
         cmp = compare_trunks(src, policy_dir, head_key)
@@ -398,7 +425,7 @@ def importable(model_dir: str | Path) -> str | None:
         layout = detect_layout(model_dir)
     except (ImportRefused, FileNotFoundError):
         return None
-    return layout if layout in ("trl", "openrlhf_critic") else None
+    return layout if layout in ("trl", "openrlhf", "openrlhf_critic") else None
 
 
 def import_for_serving(model_dir: str | Path, cache_dir: str | Path) -> tuple[Path, str | None]:
