@@ -251,3 +251,28 @@ def test_family_checkpoints_import_with_the_same_values(tmp_path, family, layout
     got = version_values(res.out, ids)
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
     assert (res.out / "tokenizer.json").is_file() and (res.out / "generation_config.json").is_file()
+
+
+def test_register_path_imports_once_into_the_cache(tmp_path):
+    """serve.checkpoints.servable_dir (what `versions register --model` and configured versions call): a TRL
+    checkpoint is imported once into <cache>/imported, an aligngate version or a plain LM is served as it is,
+    a critic is refused with the command that imports it; weights it does not recognise are left to vLLM."""
+    from serve.checkpoints import servable_dir
+
+    save_trl(tiny_llama(1), tmp_path / "trl")
+    cache = tmp_path / "cache"
+    first, layout = servable_dir(tmp_path / "trl", cache)
+    assert layout == "trl" and Path(first).parent == cache / "imported"
+    assert json.loads((Path(first) / "manifest.json").read_text())["gate"]["verdict"] == "IMPORTED"
+    assert servable_dir(tmp_path / "trl", cache) == (first, "trl")  # reused, not imported again
+    assert servable_dir(first, cache) == (first, None)  # an aligngate version
+    plain = tiny_llama(2)
+    plain.save_pretrained(str(tmp_path / "plain"))
+    assert servable_dir(tmp_path / "plain", cache) == (str(tmp_path / "plain"), None)
+    critic_dir(tmp_path / "critic", tiny_llama(3), seed=3)
+    with pytest.raises(ImportRefused, match="versions import .* --policy ACTOR_DIR"):
+        servable_dir(tmp_path / "critic", cache)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    (tmp_path / "empty" / "consolidated.safetensors").write_bytes(b"")
+    assert servable_dir(tmp_path / "empty", cache) == (str(tmp_path / "empty"), None)

@@ -435,8 +435,11 @@ def import_for_serving(model_dir: str | Path, cache_dir: str | Path) -> tuple[Pa
     OpenRLHF critic is refused (it needs its policy: `aligngate versions import --policy`); anything else is
     served as it is."""
     src = Path(model_dir).resolve()
-    layout = importable(src)
-    if layout is None:
+    try:
+        layout = detect_layout(src)
+    except FileNotFoundError:  # weights named otherwise (vLLM globs *.safetensors, Mistral's consolidated.*): vLLM's call
+        return src, None
+    if layout not in ("trl", "openrlhf", "openrlhf_critic"):
         return src, None
     if layout == "openrlhf_critic":
         raise ImportRefused(f"{src} is an OpenRLHF critic, not a policy: import it with its actor first, "
