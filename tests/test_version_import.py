@@ -192,7 +192,17 @@ def test_refusals_say_what_to_do(tmp_path):
         import_checkpoint(tmp_path / "v", tmp_path / "v2")
     with pytest.raises(ImportRefused, match="no config.json"):
         import_checkpoint(tmp_path, tmp_path / "v3")
-    assert not (tmp_path / "x").exists() and not (tmp_path / "v2").exists()
+    peft = tmp_path / "peft"  # TRL + PEFT: the v_head alone in pytorch_model.bin, beside an adapter
+    peft.mkdir()
+    (peft / "config.json").write_text((tmp_path / "trl" / "config.json").read_text())
+    torch.save({"v_head.summary.weight": torch.zeros(1, H), "v_head.summary.bias": torch.zeros(1)}, peft / cf.BIN)
+    with pytest.raises(ImportRefused, match="merge_and_unload"):
+        import_checkpoint(peft, tmp_path / "v4")
+    (peft / "adapter_config.json").write_text("{}")
+    with pytest.raises(ImportRefused, match="PEFT adapter"):
+        import_checkpoint(peft, tmp_path / "v4")
+    assert not any((tmp_path / n).exists() for n in ("x", "v2", "v3", "v4"))
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_a_failed_import_leaves_nothing_and_force_replaces(tmp_path):

@@ -143,6 +143,10 @@ def _copy_weights(src: Path, dst: Path) -> dict[str, torch.Tensor]:
             cf.save_safetensors(kept, dst / out_name)
             weight_map.update({k: out_name for k in kept})
         del tensors, kept
+    if not weight_map:
+        raise ImportRefused(f"{src}: the weights hold only a value head ({sorted(head)}) - TRL saves a PEFT model's "
+                            "v_head alone beside its adapter: merge the adapter into the base model "
+                            "(peft `merge_and_unload`), save it, and import that with the head")
     if wf.index:
         size = sum((dst / f).stat().st_size for f in set(weight_map.values()))
         (dst / cf.SAFE_INDEX).write_text(json.dumps({"metadata": {"total_size": size},
@@ -315,6 +319,9 @@ def import_checkpoint(src: str | Path, out: str | Path, *, policy: str | Path | 
     """`src` (a TRL value-head checkpoint, an OpenRLHF critic with `policy`, or a plain causal LM) -> version `out`."""
     src, out = Path(src).resolve(), Path(out).resolve()
     layout = detect_layout(src, critic=policy is not None)
+    if (src / "adapter_config.json").is_file():
+        raise ImportRefused(f"{src} is a PEFT adapter: merge it into its base model first (peft `merge_and_unload`, "
+                            "then save_pretrained) and import the merged directory")
     if layout == "aligngate":
         raise ImportRefused(f"{src} is already an aligngate version (it has {VALUE_HEAD_FILE}): register it as it is")
     if layout == "openrlhf_critic" and policy is None:
