@@ -208,9 +208,11 @@ def add_subcommands(sub) -> None:
                        description="Import a checkpoint into aligngate's version layout (HF files, "
                                    "value_head/value_head.safetensors, manifest.json with gate verdict IMPORTED). "
                                    "Layouts: TRL AutoModelForCausalLMWithValueHead (v_head.summary.* in the weights; "
-                                   "safetensors, sharded or .bin); OpenRLHF critic (value_head.weight or score.weight "
-                                   "over its own trunk; needs --policy): served in the pass when its trunk is the "
-                                   "policy's, else written as an audit reward model (DIR/audit_model); a causal LM "
+                                   "safetensors, sharded or .bin), served in the same forward pass; a causal LM with an "
+                                   "OpenRLHF-style value_head.weight in its own weights, likewise; an OpenRLHF critic "
+                                   "(value_head.weight or score.weight over its own trunk; needs --policy): served in "
+                                   "the pass when its trunk is the policy's, else the version has no value head and "
+                                   "the critic is written as an audit reward model (DIR/audit_model); a causal LM "
                                    "without a value head. Written atomically.")
     im.add_argument("src", help="checkpoint directory")
     im.add_argument("--out", required=True, help="version directory to write")
