@@ -1,8 +1,8 @@
 """Imported checkpoints served through real gateways, asked with the official `openai` client (slow tier).
 
 Gateway A (audit model = an imported OpenRLHF critic's): a TRL checkpoint given directly in ALIGNGATE_VERSIONS
-(imported on the fly at engine start) answers with `reward.source == "value_head"`, its value equal to the same
-weights' in aligngate's own layout; the critic's policy (critic trunk != policy trunk: no value head) answers with
+(imported on the fly at engine start) answers with `reward.source == "value_head"`, streamed and not (the
+import's values equal TRL's own: tests/test_version_import.py); the critic's policy (critic trunk != policy trunk: no value head) answers with
 `reward.source == "audit_model"`.
 Gateway B (no audit model): a policy with no value head answers with `reward: null`; `aligngate versions import`
 of the TRL checkpoint, then `aligngate versions register` on the running gateway: `reward.source == "value_head"`;
