@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from vllm.logprobs import FlatLogprobs
 
-from serve import vllm_compat, vllm_patches
+from serve import vllm_patches
 from serve.config import VersionSpec
 from serve.engine import (
     Delta,
@@ -45,9 +45,9 @@ class VLLMEngine(Engine):
 
     def __init__(self, spec: VersionSpec, cache_dir: str | Path | None = None):
         self.llm = None
+        self.cache_dir = cache_dir  # where a configured TRL checkpoint is imported to (serve/checkpoints.py)
         super().__init__(spec.name)
         self.spec = spec
-        self.cache_dir = cache_dir  # where a configured TRL checkpoint is imported to (serve/checkpoints.py)
         self.tokenizer = None
         self.max_model_len = spec.max_model_len
         self.slots = None
@@ -88,7 +88,24 @@ class VLLMEngine(Engine):
             return None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
+    async def _prepare(self) -> None:
+        """Before anything is built: a TRL checkpoint given in ALIGNGATE_VERSIONS / the YAML is imported into the
+        cache (serve/checkpoints.py), and a vLLM whose patched internals moved makes this engine refuse to start,
+        naming the installed and the expected vLLM (serve/vllm_compat.py)."""
+        from serve import vllm_compat
+
+        spec = self.spec
+        if self.cache_dir is not None:
+            from serve.checkpoints import servable_dir
+
+            model, layout = await asyncio.to_thread(servable_dir, spec.model, self.cache_dir)
+            if layout:
+                log.info("checkpoint_imported", version=self.name, layout=layout, source=spec.model, dir=model)
+                self.spec = spec.model_copy(update={"model": model})
+        await asyncio.to_thread(vllm_compat.ensure_compatible)
+
     async def start(self) -> None:
+        await self._prepare()
         # the first import of vLLM's engine takes seconds: do it off the event loop (Redis, /health keep answering)
         await asyncio.to_thread(_import_engine_modules)
         from transformers import AutoTokenizer
@@ -98,15 +115,6 @@ class VLLMEngine(Engine):
         from serve.value_slots import read_value_slots
 
         spec = self.spec
-        if self.cache_dir is not None:  # a TRL checkpoint in ALIGNGATE_VERSIONS / the YAML: import it first
-            from serve.checkpoints import servable_dir
-
-            model, layout = await asyncio.to_thread(servable_dir, spec.model, self.cache_dir)
-            if layout:
-                log.info("checkpoint_imported", version=self.name, layout=layout, source=spec.model, dir=model)
-                spec = self.spec = spec.model_copy(update={"model": model})
-        # a vLLM whose patched internals moved: this engine refuses to start, saying which vLLM (serve.vllm_compat)
-        vllm_compat.ensure_compatible()
         self.slots = await asyncio.to_thread(read_value_slots, spec.model)
         vllm_patches.apply()
         overrides = None
