@@ -182,6 +182,8 @@ class CanaryController:
                 router.add_version(name)
         if st.get("stable") and st["stable"] in router.order and router.stable != st["stable"]:
             router.set_stable(st["stable"])
+        if gw.quality.stable != router.stable:  # the monitor's baselines follow the router's stable
+            gw.quality.set_stable(router.stable, router.order)
         weights = {n: w for n, w in st["weights"].items() if n in router.order}
         if sum(weights.values()) > 0:
             router.set_weights(weights)
