@@ -3,9 +3,10 @@
 The plan and the gate (what each stage must pass) are in `serve.gate`.
 
 Replicas. State lives in the store (`serve.store`); each replica polls its revision every tick and applies
-changes (weights, stable, versions to load/unload). Each replica judges the gate on its own traffic (a load
-balancer gives each a representative share); any replica can roll back, and an advance is a compare-and-set on
-the stage, so it happens once.
+changes (weights, stable, versions to load/unload). Without Redis a replica judges the gate on its own traffic;
+with Redis every replica's request outcomes and rewards reach every other through a stream (`serve.stats_sync`),
+so each judges the whole canary's traffic. Any replica can roll back, and an advance is a compare-and-set on the
+stage, so it happens once.
 """
 
 from __future__ import annotations
