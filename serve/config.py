@@ -39,7 +39,7 @@ class VersionSpec(BaseModel):
                     "in-pass reward too.")
     remote_api_key: str | None = None
     weight: float = Field(0.0, ge=0.0)
-    max_model_len: int = Field(512, ge=8)
+    max_model_len: int | None = Field(None, ge=8, description="context length (default: the model's own, config.json max_position_embeddings, as vLLM reads it)")
     dtype: str = "float32"
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE in GiB for this engine (CPU only)")
     max_num_seqs: int = Field(128, ge=1)

@@ -95,6 +95,7 @@ class VLLMEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         from serve.value_slots import read_value_slots
+        from serve.vllm_model import BASES, value_head_architecture
 
         spec = self.spec
         self.slots = await asyncio.to_thread(read_value_slots, spec.model)
@@ -102,10 +103,12 @@ class VLLMEngine(Engine):
         overrides = None
         if self.slots is not None:
             arch = (json.loads((Path(spec.model) / "config.json").read_text()).get("architectures") or [""])[0]
-            if arch == "LlamaForCausalLM":  # the value-head class registered by serve.vllm_plugin
-                overrides = {"architectures": ["LlamaForCausalLMWithValueHead"]}
+            with_head = value_head_architecture(arch)  # the class serve.vllm_plugin registered for it
+            if with_head is not None:
+                overrides = {"architectures": [with_head]}
             else:
-                log.warning("value_head_unsupported_architecture", version=self.name, architecture=arch)
+                log.warning("value_head_unsupported_architecture", version=self.name, architecture=arch,
+                            supported=sorted(BASES), detail="served without the in-pass value")
                 self.slots = None
         self.has_value_head = self.slots is not None
         # Read by the engine-core process when it is spawned; each engine gets its own KV budget.
