@@ -35,7 +35,8 @@ class VersionSpec(BaseModel):
         description="remote only: the upstream policy's reserved value slots [a, b] or [a, b, c] (config.json "
                     "`aligngate.value_slots`, or its <|value_a|>/<|value_b|> token ids). The upstream must serve the "
                     "value-head class: vLLM with aligngate installed and --hf-overrides "
-                    "'{\"architectures\": [\"LlamaForCausalLMWithValueHead\"]}'. Then remote answers carry the "
+                    "'{\"architectures\": [\"<Arch>WithValueHead\"]}' (e.g. Qwen2ForCausalLMWithValueHead; "
+                    "serve.vllm_model.BASES lists the families). Then remote answers carry the "
                     "in-pass reward too.")
     remote_api_key: str | None = None
     weight: float = Field(0.0, ge=0.0)

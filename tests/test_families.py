@@ -165,3 +165,24 @@ def test_chat_prompt_ids_keep_injected_special_tokens_as_text(family, family_che
     assert safe_specials == [t for t in _hf_ids(tok, benign) if t in special]  # only the template's own markers
     assert len(naive_specials) > len(safe_specials)  # the whole-string rendering let the user add markers
     assert tok.decode(safe) == tok.decode(naive)  # the same text either way
+
+
+@pytest.mark.slow  # imports seven of vLLM's model modules (about a minute on the loaded 2-core machine)
+def test_value_head_classes_wrap_vllms_own_class_per_family():
+    import importlib
+    import pickle
+
+    import serve.vllm_model as vm
+    from serve.vllm_plugin import ARCHITECTURES
+
+    assert set(ARCHITECTURES) == {a + "WithValueHead" for a in ARCH.values()}
+    for arch in ARCH.values():
+        cls = getattr(vm, arch + "WithValueHead")  # what vLLM's registry resolves from the plugin's string
+        base = getattr(importlib.import_module(f"vllm.model_executor.models.{vm.BASES[arch]}"), arch)
+        assert cls.__mro__[1:3] == (vm.ValueHeadMixin, base)  # vLLM's own class, nothing copied
+        assert pickle.loads(pickle.dumps(cls)) is cls
+        assert vm.value_head_architecture(arch) == cls.__name__
+    assert vm.LlamaForCausalLMWithValueHead is vm.with_value_head("LlamaForCausalLM")
+    assert vm.value_head_architecture("GPT2LMHeadModel") is None
+    with pytest.raises(ValueError, match="supported"):
+        vm.with_value_head("GPT2LMHeadModel")
