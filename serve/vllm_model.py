@@ -33,11 +33,13 @@ registering them (serve.vllm_plugin) imports no vLLM model code.
 from __future__ import annotations
 
 import importlib
+import logging
 
 import torch
 
 from kernels.layout import HEAD_PREFIXES
 
+log = logging.getLogger("vllm.aligngate.value_head")  # under "vllm": printed by vLLM's own log handler
 SUFFIX = "WithValueHead"
 # vLLM's class per HF architecture this module can wrap: module under vllm.model_executor.models
 BASES = {
@@ -78,6 +80,7 @@ class ValueHeadMixin:
         self.register_buffer("value_weight", head.summary.weight.detach().reshape(-1).float(), persistent=False)
         self.register_buffer("value_bias", head.summary.bias.detach().reshape(()).float(), persistent=False)
         self._weights = None
+        self._path: str | None = None
 
     def load_weights(self, weights):
         # TRL's save_pretrained puts v_head.summary.* among the model's own tensors, an OpenRLHF critic its
@@ -124,7 +127,11 @@ class ValueHeadMixin:
         from serve.value_slots import OFFSET
 
         s = self.slots
-        if self._fused_applies(hidden_states):
+        fused = self._fused_applies(hidden_states)
+        if self._path is None:  # once per engine, so an operator can see which path a family takes
+            self._path = "fused" if fused else "vllm_logits"
+            log.info("%s: value head on the %s path", type(self).__name__, self._path)
+        if fused:
             out = fused_heads(hidden_states, self._head_weights(), logits_dtype=torch.float32, slots=(s.a, s.b),
                               slot_offset=OFFSET)
             logits, value, entropy = out.logits, out.value, out.entropy
