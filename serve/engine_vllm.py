@@ -27,7 +27,9 @@ from serve.engine import (
     Step,
     TokenLogprob,
 )
+from serve import tools
 from serve.logs import get_logger
+from serve.tool_calls import ToolRequest, ToolSupport, tool_support
 from serve.value_table import CHANNEL_ENV, ValueTable
 
 log = get_logger(__name__)
@@ -51,6 +53,7 @@ class VLLMEngine(Engine):
         self.max_model_len = spec.max_model_len
         self.slots = None
         self.values: ValueTable | None = None  # the shared-memory read-out (serve.value_table), when in use
+        self.tool_support: ToolSupport | None = None  # tool parser and template kind (serve.tool_calls)
         self._warming = False
 
     # `ready` also reads vLLM's own dead-engine flag (set by its monitor thread the moment the EngineCore process
@@ -125,6 +128,7 @@ class VLLMEngine(Engine):
             enforce_eager=spec.enforce_eager,
             disable_log_stats=True,
             enable_prefix_caching=True,
+            structured_outputs_config=structured_outputs_config(spec.structured_outputs_backend),
             **({"hf_overrides": overrides} if overrides else {}),
         )
         log.info("engine_starting", version=self.name, model=spec.model, value_head=self.has_value_head)
@@ -133,6 +137,11 @@ class VLLMEngine(Engine):
         self.llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         self.tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, spec.model)
         self.max_model_len = self.llm.model_config.max_model_len
+        self.vocab_size = self.llm.model_config.get_vocab_size()
+        self.tool_support = await asyncio.to_thread(tool_support, spec.tool_parser, self.tokenizer,
+                                                    self.llm.get_tokenizer(), self.llm.model_config,
+                                                    spec.tool_strict_level,
+                                                    spec.structured_outputs_backend != "auto")
         # async scheduling (vLLM's GPU default) hands sampled tokens over without a host sync; reading the values
         # on the host every step would add one, so there the logprobs read-out stays
         if (self.slots is not None and os.environ.get(CHANNEL_ENV, "shm") == "shm"
@@ -217,9 +226,16 @@ class VLLMEngine(Engine):
     # --- requests ----------------------------------------------------------------------------------------
     def _prompt_ids(self, req: GenerationRequest) -> list[int]:
         tok = self.tokenizer
-        if req.kind == "chat":
-            return chat_prompt_ids(tok, req.messages)
-        return tok.encode(req.prompt or "", add_special_tokens=True)
+        if req.kind != "chat":
+            return tok.encode(req.prompt or "", add_special_tokens=True)
+        messages = req.messages
+        if not req.tools and not any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+            return chat_prompt_ids(tok, messages)
+        if self.tool_support is not None and self.tool_support.native:
+            messages = tools.native_messages(messages)
+            tools.check_no_special_tokens(tok, req.tools, messages)
+            return chat_prompt_ids(tok, messages, req.tools)
+        return chat_prompt_ids(tok, tools.fallback_messages(messages, req.tools))
 
     def _value_params(self, req: GenerationRequest, row: int | None) -> dict:
         """Read the value through the shared-memory table (`row`), or else ask vLLM for the reserved slots'
@@ -238,7 +254,18 @@ class VLLMEngine(Engine):
             return None
         return self.values.acquire()
 
-    def _sampling_params(self, req: GenerationRequest, prompt_len: int, row: int | None = None):
+    def _logit_bias(self, req: GenerationRequest, value_kw: dict) -> dict:
+        """The client's logit_bias merged under the value slots' -100 (which always wins for the slot ids)."""
+        if not req.logit_bias:
+            return value_kw
+        bad = [t for t in req.logit_bias if not 0 <= t < self.vocab_size]
+        if bad:
+            raise EngineBadRequest(f"logit_bias names token id {bad[0]}, outside this model's vocabulary "
+                                   f"(0..{self.vocab_size - 1})", param="logit_bias", code="invalid_value")
+        return {**value_kw, "logit_bias": {**req.logit_bias, **value_kw.get("logit_bias", {})}}
+
+    def _sampling_params(self, req: GenerationRequest, prompt_len: int, row: int | None = None,
+                         tool_req: ToolRequest | None = None):
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         room = self.max_model_len - prompt_len
@@ -256,6 +283,10 @@ class VLLMEngine(Engine):
                 param="max_tokens",
                 code="context_length_exceeded",
             )
+        extra: dict = self._logit_bias(req, self._value_params(req, row))
+        if tool_req is not None:
+            extra["structured_outputs"] = tool_req.structured_outputs
+            extra["skip_special_tokens"] = tool_req.skip_special_tokens
         try:
             return SamplingParams(
                 n=req.n,
@@ -271,7 +302,7 @@ class VLLMEngine(Engine):
                 min_tokens=req.min_tokens or 0,
                 repetition_penalty=req.repetition_penalty or 1.0,
                 output_kind=RequestOutputKind.DELTA,
-                **self._value_params(req, row),
+                **extra,
             )
         except CLIENT_ERRORS as e:  # vLLM's own argument checks, e.g. n > 1 with temperature 0 (schemathesis: 500)
             raise EngineBadRequest(f"invalid sampling parameters: {e}", code="invalid_value") from None
@@ -286,9 +317,11 @@ class VLLMEngine(Engine):
         if not ids:  # vLLM refuses an empty decoder prompt with a ValueError (schemathesis: it was a 500)
             raise EngineBadRequest("the prompt is empty; send at least one token of text",
                                    param="messages" if req.kind == "chat" else "prompt", code="invalid_value")
+        # structured outputs (response_format) and tools: vLLM's request conversion and tool parser (serve.tool_calls)
+        tool_req = ToolRequest(self.tool_support, req) if req.response_format or req.tools else None
         table, row = self.values, self._table_row(req)
         try:
-            params = self._sampling_params(req, len(ids), row)
+            params = self._sampling_params(req, len(ids), row, tool_req)
         except BaseException:
             if row is not None:
                 table.release(row)
@@ -317,13 +350,15 @@ class VLLMEngine(Engine):
                     elif read_values and o.logprobs:
                         d.values, d.entropies = _slot_values(o.logprobs, s)
                     completion_tokens += n_new
-                    deltas.append(d)
+                    deltas.append(tool_req.feed(d, ids) if tool_req is not None else d)
                 yield Step(deltas, len(ids), completion_tokens, out.finished, ids if out.finished else None)
         except EngineDeadError as e:
             self.ready = False
             raise EngineError(f"version {self.name!r}: engine died: {e}") from e
-        except CLIENT_ERRORS as e:  # vLLM's request validation
-            raise EngineBadRequest(str(e)) from e
+        except CLIENT_ERRORS as e:  # vLLM's request validation (a schema its grammar backend refuses, ...)
+            # raised when the request is added: about its grammar, if it has one
+            param = "response_format" if req.response_format else "tools" if tool_req and tool_req.calls else None
+            raise EngineBadRequest(str(e), param=param) from e
         finally:
             # Closing vLLM's generator early (client gone, consumer stopped) aborts the sequence in the engine.
             try:
@@ -365,7 +400,7 @@ class VLLMEngine(Engine):
         await asyncio.wait_for(one(), timeout_s)
 
 
-def chat_prompt_ids(tok, messages: list[dict]) -> list[int]:
+def chat_prompt_ids(tok, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
     """The chat template's token ids, with message contents always tokenized as text.
 
     Rendering the template and tokenizing the whole string (what vLLM's server does) lets a user whose message
@@ -373,22 +408,37 @@ def chat_prompt_ids(tok, messages: list[dict]) -> list[int]:
     is rendered with a marker in place of each content; the template's own text between the markers is tokenized
     with its special tokens, each content with `split_special_tokens=True`. A template that does not pass the
     contents through verbatim (no marker found exactly once) falls back to the whole-string tokenization.
+    An empty content (an assistant turn that only calls tools) gets no marker: templates test it for emptiness.
+    `tools` go to the template as it expects them (serve/tools.py says which templates and what else is checked).
     """
     nonce = os.urandom(6).hex()
-    marks = [f"\x00{nonce}-{i}\x00" for i in range(len(messages))]
-    text = tok.apply_chat_template([{**m, "content": k} for m, k in zip(messages, marks)], add_generation_prompt=True,
-                                   tokenize=False)
-    if any(text.count(k) != 1 for k in marks):
-        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    marks = [f"\x00{nonce}-{i}\x00" if m.get("content") else None for i, m in enumerate(messages)]
+    kw: dict = {"add_generation_prompt": True, "tokenize": False}
+    if tools:
+        kw["tools"] = tools
+    text = tok.apply_chat_template([{**m, "content": k} if k else m for m, k in zip(messages, marks)], **kw)
+    if any(text.count(k) != 1 for k in marks if k):
+        text = tok.apply_chat_template(messages, **kw)
         return tok.encode(text, add_special_tokens=False)
     ids: list[int] = []
     pos = 0
     for m, k in zip(messages, marks):
+        if not k:
+            continue
         i = text.index(k, pos)
         ids += tok.encode(text[pos:i], add_special_tokens=False)
-        ids += tok.encode(m["content"] or "", add_special_tokens=False, split_special_tokens=True)
+        ids += tok.encode(m["content"], add_special_tokens=False, split_special_tokens=True)
         pos = i + len(k)
     return ids + tok.encode(text[pos:], add_special_tokens=False)
+
+
+def structured_outputs_config(backend: str):
+    """Engine-wide structured-output settings (serve/structured.py says why JSON is compact)."""
+    from vllm.config import StructuredOutputsConfig
+
+    if backend == "auto":
+        return StructuredOutputsConfig(backend="auto")
+    return StructuredOutputsConfig(backend=backend, disable_any_whitespace=True)
 
 
 def value_params(slots, read: bool) -> dict:
