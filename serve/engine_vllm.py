@@ -29,6 +29,7 @@ from serve.engine import (
 )
 from serve import tools
 from serve.logs import get_logger
+from serve.structured import control_char_token_ids
 from serve.tool_calls import ToolRequest, ToolSupport, tool_support
 from serve.value_table import CHANNEL_ENV, ValueTable
 
@@ -54,6 +55,7 @@ class VLLMEngine(Engine):
         self.slots = None
         self.values: ValueTable | None = None  # the shared-memory read-out (serve.value_table), when in use
         self.tool_support: ToolSupport | None = None  # tool parser and template kind (serve.tool_calls)
+        self._json_bans: dict[int, float] | None = None  # serve.structured.control_char_token_ids, made on first use
         self._warming = False
 
     # `ready` also reads vLLM's own dead-engine flag (set by its monitor thread the moment the EngineCore process
@@ -254,15 +256,22 @@ class VLLMEngine(Engine):
             return None
         return self.values.acquire()
 
-    def _logit_bias(self, req: GenerationRequest, value_kw: dict) -> dict:
-        """The client's logit_bias merged under the value slots' -100 (which always wins for the slot ids)."""
-        if not req.logit_bias:
-            return value_kw
-        bad = [t for t in req.logit_bias if not 0 <= t < self.vocab_size]
+    def _logit_bias(self, req: GenerationRequest, value_kw: dict, constrained: bool) -> dict:
+        """The client's logit_bias, under the bans of a constrained (JSON) request, under the value slots' -100
+        (which always wins for the slot ids)."""
+        user = req.logit_bias or {}
+        bad = [t for t in user if not 0 <= t < self.vocab_size]
         if bad:
             raise EngineBadRequest(f"logit_bias names token id {bad[0]}, outside this model's vocabulary "
                                    f"(0..{self.vocab_size - 1})", param="logit_bias", code="invalid_value")
-        return {**value_kw, "logit_bias": {**req.logit_bias, **value_kw.get("logit_bias", {})}}
+        bans: dict[int, float] = {}
+        if constrained:
+            if self._json_bans is None:
+                self._json_bans = {i: -100.0 for i in control_char_token_ids(self.tokenizer)}
+            bans = self._json_bans
+        if not user and not bans:
+            return value_kw
+        return {**value_kw, "logit_bias": {**user, **bans, **value_kw.get("logit_bias", {})}}
 
     def _sampling_params(self, req: GenerationRequest, prompt_len: int, row: int | None = None,
                          tool_req: ToolRequest | None = None):
@@ -283,9 +292,10 @@ class VLLMEngine(Engine):
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        extra: dict = self._logit_bias(req, self._value_params(req, row))
+        structured = tool_req.structured_outputs if tool_req is not None else None
+        extra: dict = self._logit_bias(req, self._value_params(req, row), structured is not None)
         if tool_req is not None:
-            extra["structured_outputs"] = tool_req.structured_outputs
+            extra["structured_outputs"] = structured
             extra["skip_special_tokens"] = tool_req.skip_special_tokens
         try:
             return SamplingParams(

@@ -85,3 +85,18 @@ def cap_tag_whitespace(params, most: int = 1):
     tag = json.loads(params.structural_tag)
     walk(tag)
     return replace(params, structural_tag=json.dumps(tag))
+
+
+def control_char_token_ids(tok) -> list[int]:
+    """Token ids whose text holds a control character JSON never allows raw (U+0000-U+001F but tab, newline and
+    carriage return, which are JSON whitespace; and U+007F for good measure). xgrammar's JSON grammar lets them
+    into strings (checked: `{"city":"a\\x08b"}` is accepted), so a weak model sampling freely can return JSON
+    that `json.loads` and the SDK's `.parse()` refuse; banning these ids for constrained requests closes that
+    gap without touching anything valid JSON can contain."""
+    bad = {chr(c) for c in range(32)} - set("\t\n\r") | {"\x7f"}
+    out = []
+    for i in range(len(tok)):
+        text = tok.decode([i], skip_special_tokens=False)  # byte-level vocabularies: one id may be a lone byte
+        if any(ch in bad for ch in text):
+            out.append(i)
+    return out

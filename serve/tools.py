@@ -179,7 +179,9 @@ def fallback_messages(messages: list[dict], tools: list[dict] | None) -> list[di
         else:
             out.append({"role": role, "content": content})
     if tools:
-        listing = FALLBACK_PREAMBLE.format(tools="\n".join(_compact(t["function"]) for t in tools))
+        listing = FALLBACK_PREAMBLE.format(tools="\n".join(
+            _compact({k: v for k, v in t["function"].items() if k in ("name", "description", "parameters")})
+            for t in tools))
         if out and out[0]["role"] == "system":
             out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + listing}
         else:
