@@ -55,7 +55,7 @@ class VLLMEngine(Engine):
         self.slots = None
         self.values: ValueTable | None = None  # the shared-memory read-out (serve.value_table), when in use
         self.tool_support: ToolSupport | None = None  # tool parser and template kind (serve.tool_calls)
-        self._json_bans: dict[int, float] | None = None  # serve.structured.control_char_token_ids, made on first use
+        self._json_bans: dict[bool, dict[int, float]] = {}  # serve.structured.control_char_token_ids, on first use
         self._warming = False
 
     # `ready` also reads vLLM's own dead-engine flag (set by its monitor thread the moment the EngineCore process
@@ -256,7 +256,7 @@ class VLLMEngine(Engine):
             return None
         return self.values.acquire()
 
-    def _logit_bias(self, req: GenerationRequest, value_kw: dict, constrained: bool) -> dict:
+    def _logit_bias(self, req: GenerationRequest, value_kw: dict, constrained: bool, forced: bool) -> dict:
         """The client's logit_bias, under the bans of a constrained (JSON) request, under the value slots' -100
         (which always wins for the slot ids)."""
         user = req.logit_bias or {}
@@ -265,10 +265,10 @@ class VLLMEngine(Engine):
             raise EngineBadRequest(f"logit_bias names token id {bad[0]}, outside this model's vocabulary "
                                    f"(0..{self.vocab_size - 1})", param="logit_bias", code="invalid_value")
         bans: dict[int, float] = {}
-        if constrained:
-            if self._json_bans is None:
-                self._json_bans = {i: -100.0 for i in control_char_token_ids(self.tokenizer)}
-            bans = self._json_bans
+        if constrained:  # forced: the answer is JSON or a call only, so raw tabs and newlines go too
+            if forced not in self._json_bans:
+                self._json_bans[forced] = {i: -100.0 for i in control_char_token_ids(self.tokenizer, forced)}
+            bans = self._json_bans[forced]
         if not user and not bans:
             return value_kw
         return {**value_kw, "logit_bias": {**user, **bans, **value_kw.get("logit_bias", {})}}
@@ -293,7 +293,8 @@ class VLLMEngine(Engine):
                 code="context_length_exceeded",
             )
         structured = tool_req.structured_outputs if tool_req is not None else None
-        extra: dict = self._logit_bias(req, self._value_params(req, row), structured is not None)
+        extra: dict = self._logit_bias(req, self._value_params(req, row), structured is not None,
+                                       tool_req is not None and tool_req.forced)
         if tool_req is not None:
             extra["structured_outputs"] = structured
             extra["skip_special_tokens"] = tool_req.skip_special_tokens

@@ -87,13 +87,18 @@ def cap_tag_whitespace(params, most: int = 1):
     return replace(params, structural_tag=json.dumps(tag))
 
 
-def control_char_token_ids(tok) -> list[int]:
-    """Token ids whose text holds a control character JSON never allows raw (U+0000-U+001F but tab, newline and
-    carriage return, which are JSON whitespace; and U+007F for good measure). xgrammar's JSON grammar lets them
-    into strings (checked: `{"city":"a\\x08b"}` is accepted), so a weak model sampling freely can return JSON
-    that `json.loads` and the SDK's `.parse()` refuse; banning these ids for constrained requests closes that
-    gap without touching anything valid JSON can contain."""
-    bad = {chr(c) for c in range(32)} - set("\t\n\r") | {"\x7f"}
+def control_char_token_ids(tok, whitespace: bool) -> list[int]:
+    """Token ids whose text holds a control character JSON never allows raw inside a string (U+0000-U+001F, and
+    U+007F for good measure); with `whitespace` False, tab, newline and carriage return are left alone (they are
+    JSON whitespace between tokens, and ordinary in the free text around an `auto` tool call).
+
+    xgrammar's JSON grammar lets these into strings (checked: `{"city":"a\x08b"}` and a raw tab are accepted), so
+    a weak model sampling freely can return JSON that `json.loads` and the SDK's `.parse()` refuse. The engine
+    biases these ids by -100 for constrained requests: not a hard ban, so where the grammar allows nothing else
+    (a tool-call tag's own newline) the token still comes, and nothing valid JSON needs is lost."""
+    bad = {chr(c) for c in range(32)} | {"\x7f"}
+    if not whitespace:
+        bad -= set("\t\n\r")
     out = []
     for i in range(len(tok)):
         text = tok.decode([i], skip_special_tokens=False)  # byte-level vocabularies: one id may be a lone byte

@@ -84,6 +84,9 @@ class ToolRequest:
             except Exception as e:  # e.g. a tool schema vLLM cannot turn into a grammar
                 raise EngineBadRequest(f"the tools cannot be used: {e}", param="tools") from None
         self.named = isinstance(req.tool_choice, dict)
+        # the whole answer is JSON (or one forced call): no free text around it
+        self.forced = (calls and (self.named or req.tool_choice == "required")) or (
+            not calls and bool(req.response_format))
 
     def _parser(self):
         s = self.support
