@@ -122,10 +122,9 @@ def test_logit_bias_forces_and_bans(client, tok):
     r = client.chat.completions.create(model="stable", messages=MSG, max_tokens=6, temperature=0,
                                        logit_bias={str(x): 100})
     assert r.choices[0].message.content == "x" * 6
-    base = client.chat.completions.create(model="stable", messages=MSG, max_tokens=8, temperature=0)
-    first = base.choices[0].message.content[0]
-    banned = client.chat.completions.create(model="stable", messages=MSG, max_tokens=8, temperature=0,
-                                            logit_bias={str(tok.token_to_id(first)): -100})
+    kw = dict(model="stable", messages=MSG, max_tokens=8, temperature=0, extra_body={"min_tokens": 4})
+    first = client.chat.completions.create(**kw).choices[0].message.content[0]
+    banned = client.chat.completions.create(**kw, logit_bias={str(tok.token_to_id(first)): -100})
     assert first not in banned.choices[0].message.content
     # a bias on the value head's reserved slots never gets them sampled: their own -100 wins
     slots = [tok.token_to_id("<|value_a|>"), tok.token_to_id("<|value_b|>")]
