@@ -124,7 +124,8 @@ def test_logit_bias_forces_and_bans(client, tok):
     assert r.choices[0].message.content == "x" * 6
     kw = dict(model="stable", messages=MSG, max_tokens=8, temperature=0, extra_body={"min_tokens": 4})
     first = client.chat.completions.create(**kw).choices[0].message.content[0]
-    banned = client.chat.completions.create(**kw, logit_bias={str(tok.token_to_id(first)): -100})
+    (first_id,) = tok.encode(first, add_special_tokens=False).ids  # one character, one token (byte-level)
+    banned = client.chat.completions.create(**kw, logit_bias={str(first_id): -100})
     assert first not in banned.choices[0].message.content
     # a bias on the value head's reserved slots never gets them sampled: their own -100 wins
     slots = [tok.token_to_id("<|value_a|>"), tok.token_to_id("<|value_b|>")]
