@@ -8,7 +8,8 @@ On disk a value head is `value_head/value_head.safetensors` inside the policy's 
 because vLLM loads every top-level `*.safetensors` as model weights, and a plain `vllm serve` of an exported
 version must keep working — with the TRL keys
 `v_head.summary.weight` [1, H] and `v_head.summary.bias` [1]; the OpenRLHF key `score.weight` [1, H] is
-accepted on load. The model's `config.json` names it under `"aligngate": {"value_head": ...}` (see
+accepted on load. Heads saved inside the model's own weights (TRL's `save_pretrained`, OpenRLHF's critic) load
+too (`kernels.layout.find_value_head`). The model's `config.json` names it under `"aligngate": {"value_head": ...}` (see
 `VALUE_HEAD_FILE` and `value_head_config`).
 """
 
@@ -20,7 +21,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kernels.layout import OPENRLHF_WEIGHT, TRL_BIAS, TRL_WEIGHT, VALUE_HEAD_FILE  # noqa: F401  (this module's API too)
+from kernels.layout import (  # noqa: F401  (this module's API too)
+    OPENRLHF_CRITIC_WEIGHT,
+    OPENRLHF_WEIGHT,
+    TRL_BIAS,
+    TRL_WEIGHT,
+    VALUE_HEAD_FILE,
+    ValueHeadLocation,
+    find_value_head,
+    safetensors_keys,
+)
 
 
 class ValueHead(nn.Module):
@@ -58,17 +68,25 @@ def save_value_head(head: ValueHead, model_dir: str | Path) -> Path:
 
 
 def load_value_head(model_dir: str | Path) -> ValueHead:
-    """Load a TRL (`v_head.summary.*`) or OpenRLHF (`score.weight`) head from a model directory or file."""
-    from safetensors.torch import load_file
+    """Load a value head from a model directory (any layout `kernels.layout.find_value_head` knows: aligngate's
+    `value_head/` file, TRL's `v_head.summary.*` or OpenRLHF's `value_head.weight` / `score.weight` inside the
+    model's own weights — only the head's tensors are read) or from a single safetensors file."""
+    from safetensors import safe_open
 
     p = Path(model_dir)
-    sd = load_file(str(p if p.is_file() else p / VALUE_HEAD_FILE))
-    if TRL_WEIGHT in sd:
-        w, b = sd[TRL_WEIGHT], sd.get(TRL_BIAS)
-    elif OPENRLHF_WEIGHT in sd:
-        w, b = sd[OPENRLHF_WEIGHT], None
+    if p.is_file():
+        keys = set(safetensors_keys(p))
+        loc = _file_location(p, keys)
     else:
-        raise KeyError(f"no value head in {p}: expected {TRL_WEIGHT!r} or {OPENRLHF_WEIGHT!r}, got {sorted(sd)}")
+        loc = find_value_head(p)
+        if loc is None:
+            raise KeyError(f"no value head in {p}: expected {VALUE_HEAD_FILE} or {TRL_WEIGHT!r} / "
+                           f"{OPENRLHF_CRITIC_WEIGHT!r} / {OPENRLHF_WEIGHT!r} among the model's weights")
+    with safe_open(str(loc.file), framework="pt") as f:
+        w = f.get_tensor(loc.weight_key)
+        b = f.get_tensor(loc.bias_key) if loc.bias_key else None
+    if w.numel() != w.shape[-1]:
+        raise ValueError(f"{loc.file}: {loc.weight_key} has shape {list(w.shape)}; a value head is [1, hidden]")
     head = ValueHead(w.shape[-1], bias=True)
     with torch.no_grad():
         head.summary.weight.copy_(w.reshape(1, -1).float())
@@ -76,5 +94,13 @@ def load_value_head(model_dir: str | Path) -> ValueHead:
     return head
 
 
+def _file_location(p: Path, keys: set[str]) -> ValueHeadLocation:
+    for key, bias in ((TRL_WEIGHT, TRL_BIAS), (OPENRLHF_CRITIC_WEIGHT, None), (OPENRLHF_WEIGHT, None)):
+        if key in keys:
+            return ValueHeadLocation(p, "file", key, bias if bias in keys else None)
+    raise KeyError(f"no value head in {p}: expected {TRL_WEIGHT!r}, {OPENRLHF_CRITIC_WEIGHT!r} or "
+                   f"{OPENRLHF_WEIGHT!r}, got {sorted(keys)}")
+
+
 def has_value_head(model_dir: str | Path) -> bool:
-    return (Path(model_dir) / VALUE_HEAD_FILE).exists()
+    return find_value_head(model_dir) is not None

@@ -67,7 +67,7 @@ class RegisterBody(Reason):
     # sent as an HTTP header value: printable ASCII only (schemathesis: a non-ASCII key was stored, then every
     # later admin action failed with a 500 building the version's HTTP client)
     remote_api_key: str | None = Field(None, pattern=r"^[\x21-\x7e]+$")
-    max_model_len: int = Field(512, ge=8)
+    max_model_len: int | None = Field(None, ge=8)  # None: the model's own context
     kv_cache_gib: int = Field(1, ge=1)
     force: bool = Field(False, description="register even if the manifest's gate verdict is FAIL (audited)")
 

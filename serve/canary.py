@@ -3,9 +3,10 @@
 The plan and the gate (what each stage must pass) are in `serve.gate`.
 
 Replicas. State lives in the store (`serve.store`); each replica polls its revision every tick and applies
-changes (weights, stable, versions to load/unload). Each replica judges the gate on its own traffic (a load
-balancer gives each a representative share); any replica can roll back, and an advance is a compare-and-set on
-the stage, so it happens once.
+changes (weights, stable, versions to load/unload). Without Redis a replica judges the gate on its own traffic;
+with Redis every replica's request outcomes and rewards reach every other through a stream (`serve.stats_sync`),
+so each judges the whole canary's traffic. Any replica can roll back, and an advance is a compare-and-set on the
+stage, so it happens once.
 """
 
 from __future__ import annotations
@@ -182,6 +183,8 @@ class CanaryController:
                 router.add_version(name)
         if st.get("stable") and st["stable"] in router.order and router.stable != st["stable"]:
             router.set_stable(st["stable"])
+        if gw.quality.stable != router.stable:  # the monitor's baselines follow the router's stable
+            gw.quality.set_stable(router.stable, router.order)
         weights = {n: w for n, w in st["weights"].items() if n in router.order}
         if sum(weights.values()) > 0:
             router.set_weights(weights)

@@ -35,7 +35,8 @@ class VersionSpec(BaseModel):
         description="remote only: the upstream policy's reserved value slots [a, b] or [a, b, c] (config.json "
                     "`aligngate.value_slots`, or its <|value_a|>/<|value_b|> token ids). The upstream must serve the "
                     "value-head class: vLLM with aligngate installed and --hf-overrides "
-                    "'{\"architectures\": [\"LlamaForCausalLMWithValueHead\"]}'. Then remote answers carry the "
+                    "'{\"architectures\": [\"<Arch>WithValueHead\"]}' (e.g. Qwen2ForCausalLMWithValueHead; "
+                    "serve.vllm_model.BASES lists the families). Then remote answers carry the "
                     "in-pass reward too.")
     remote_api_key: str | None = None
     tool_strict_level: Literal["parameter", "function", "auto"] = Field(
@@ -51,7 +52,7 @@ class VersionSpec(BaseModel):
                                     "(serve/tools.py), `none` refuses tools. Remote versions: the upstream's "
                                     "--tool-call-parser decides")
     weight: float = Field(0.0, ge=0.0)
-    max_model_len: int = Field(512, ge=8)
+    max_model_len: int | None = Field(None, ge=8, description="context length (default: the model's own, config.json max_position_embeddings, as vLLM reads it)")
     dtype: str = "float32"
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE in GiB for this engine (CPU only)")
     max_num_seqs: int = Field(128, ge=1)

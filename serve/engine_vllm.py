@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from vllm.logprobs import FlatLogprobs
 
 from serve import vllm_patches
+from serve.chat_prompt import chat_prompt_ids  # noqa: F401  (re-exported: callers import it from here)
 from serve.config import VersionSpec
 from serve.engine import (
     Delta,
@@ -57,6 +58,7 @@ class VLLMEngine(Engine):
         self.tool_support: ToolSupport | None = None  # tool parser and template kind (serve.tool_calls)
         self._json_bans: dict[bool, dict[int, float]] = {}  # serve.structured.control_char_token_ids, on first use
         self._warming = False
+        self.sampling_defaults: dict = {}
 
     # `ready` also reads vLLM's own dead-engine flag (set by its monitor thread the moment the EngineCore process
     # exits), so routing moves new requests to stable at once instead of waiting for the supervisor's next tick.
@@ -100,6 +102,7 @@ class VLLMEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         from serve.value_slots import read_value_slots
+        from serve.vllm_model import BASES, value_head_architecture
 
         spec = self.spec
         self.slots = await asyncio.to_thread(read_value_slots, spec.model)
@@ -107,10 +110,12 @@ class VLLMEngine(Engine):
         overrides = None
         if self.slots is not None:
             arch = (json.loads((Path(spec.model) / "config.json").read_text()).get("architectures") or [""])[0]
-            if arch == "LlamaForCausalLM":  # the value-head class registered by serve.vllm_plugin
-                overrides = {"architectures": ["LlamaForCausalLMWithValueHead"]}
+            with_head = value_head_architecture(arch)  # the class serve.vllm_plugin registered for it
+            if with_head is not None:
+                overrides = {"architectures": [with_head]}
             else:
-                log.warning("value_head_unsupported_architecture", version=self.name, architecture=arch)
+                log.warning("value_head_unsupported_architecture", version=self.name, architecture=arch,
+                            supported=sorted(BASES), detail="served without the in-pass value")
                 self.slots = None
         self.has_value_head = self.slots is not None
         # Read by the engine-core process when it is spawned; each engine gets its own KV budget.
@@ -144,6 +149,10 @@ class VLLMEngine(Engine):
                                                     self.llm.get_tokenizer(), self.llm.model_config,
                                                     spec.tool_strict_level,
                                                     spec.structured_outputs_backend != "auto")
+        # The checkpoint's own sampling defaults (generation_config.json: temperature, top_p, top_k, ...) for what
+        # a request leaves unset, as vLLM's own server does. Its eos list needs nothing here: vLLM's input
+        # processor adds generation_config's eos_token_id list and the tokenizer's eos to every request's stop ids.
+        self.sampling_defaults = self.llm.model_config.get_diff_sampling_param()
         # async scheduling (vLLM's GPU default) hands sampled tokens over without a host sync; reading the values
         # on the host every step would add one, so there the logprobs read-out stays
         if (self.slots is not None and os.environ.get(CHANNEL_ENV, "shm") == "shm"
@@ -236,7 +245,7 @@ class VLLMEngine(Engine):
         if self.tool_support is not None and self.tool_support.native:
             messages = tools.native_messages(messages)
             tools.check_no_special_tokens(tok, req.tools, messages)
-            return chat_prompt_ids(tok, messages, req.tools)
+            return chat_prompt_ids(tok, messages, tools=req.tools)
         return chat_prompt_ids(tok, tools.fallback_messages(messages, req.tools))
 
     def _value_params(self, req: GenerationRequest, row: int | None) -> dict:
@@ -298,20 +307,24 @@ class VLLMEngine(Engine):
         if tool_req is not None:
             extra["structured_outputs"] = structured
             extra["skip_special_tokens"] = tool_req.skip_special_tokens
+        dflt = self.sampling_defaults
         try:
             return SamplingParams(
                 n=req.n,
-                max_tokens=req.max_tokens if req.max_tokens is not None else room,
-                temperature=1.0 if req.temperature is None else req.temperature,
-                top_p=1.0 if req.top_p is None else req.top_p,
-                presence_penalty=req.presence_penalty or 0.0,
-                frequency_penalty=req.frequency_penalty or 0.0,
+                max_tokens=req.max_tokens if req.max_tokens is not None else min(room, dflt.get("max_tokens", room)),
+                temperature=dflt.get("temperature", 1.0) if req.temperature is None else req.temperature,
+                top_p=dflt.get("top_p", 1.0) if req.top_p is None else req.top_p,
+                top_k=dflt.get("top_k", 0) or 0,
+                min_p=dflt.get("min_p", 0.0),
+                presence_penalty=dflt.get("presence_penalty", 0.0) if req.presence_penalty is None else req.presence_penalty,
+                frequency_penalty=(dflt.get("frequency_penalty", 0.0) if req.frequency_penalty is None
+                                   else req.frequency_penalty),
                 stop=req.stop or None,
                 seed=req.seed,
                 logprobs=req.logprobs,
                 ignore_eos=req.ignore_eos,
                 min_tokens=req.min_tokens or 0,
-                repetition_penalty=req.repetition_penalty or 1.0,
+                repetition_penalty=req.repetition_penalty or dflt.get("repetition_penalty", 1.0),
                 output_kind=RequestOutputKind.DELTA,
                 **extra,
             )
@@ -409,38 +422,6 @@ class VLLMEngine(Engine):
                 pass
 
         await asyncio.wait_for(one(), timeout_s)
-
-
-def chat_prompt_ids(tok, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-    """The chat template's token ids, with message contents always tokenized as text.
-
-    Rendering the template and tokenizing the whole string (what vLLM's server does) lets a user whose message
-    spells a special token - `<|end|><|assistant|>` - close their turn and open another role's. Here the template
-    is rendered with a marker in place of each content; the template's own text between the markers is tokenized
-    with its special tokens, each content with `split_special_tokens=True`. A template that does not pass the
-    contents through verbatim (no marker found exactly once) falls back to the whole-string tokenization.
-    An empty content (an assistant turn that only calls tools) gets no marker: templates test it for emptiness.
-    `tools` go to the template as it expects them (serve/tools.py says which templates and what else is checked).
-    """
-    nonce = os.urandom(6).hex()
-    marks = [f"\x00{nonce}-{i}\x00" if m.get("content") else None for i, m in enumerate(messages)]
-    kw: dict = {"add_generation_prompt": True, "tokenize": False}
-    if tools:
-        kw["tools"] = tools
-    text = tok.apply_chat_template([{**m, "content": k} if k else m for m, k in zip(messages, marks)], **kw)
-    if any(text.count(k) != 1 for k in marks if k):
-        text = tok.apply_chat_template(messages, **kw)
-        return tok.encode(text, add_special_tokens=False)
-    ids: list[int] = []
-    pos = 0
-    for m, k in zip(messages, marks):
-        if not k:
-            continue
-        i = text.index(k, pos)
-        ids += tok.encode(text[pos:i], add_special_tokens=False)
-        ids += tok.encode(m["content"], add_special_tokens=False, split_special_tokens=True)
-        pos = i + len(k)
-    return ids + tok.encode(text[pos:], add_special_tokens=False)
 
 
 def structured_outputs_config(backend: str):

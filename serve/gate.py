@@ -4,7 +4,7 @@ Plan. Stages are canary traffic shares (default 1% → 10% → 50% → 100%), ea
 requests and a minimum duration. The plan is stored with the rollout, so every replica uses the same one.
 
 Gate. Canary and stable are compared over the same window — from the stage's start (at most `window_s` back) —
-on this replica's outcomes (`serve.stats`):
+on the outcomes in `serve.stats` (this replica's; with Redis, every replica's, through `serve.stats_sync`):
 - latency: canary p99 TTFT and p99 end-to-end ≤ `latency_ratio` (1.2) × stable's, plus `latency_slack_s`
   (a small absolute floor against timer and scheduler noise on a loaded host; 0 makes it the bare ratio);
 - errors: canary error rate ≤ stable error rate + `error_margin` (1 point);
@@ -13,7 +13,8 @@ on this replica's outcomes (`serve.stats`):
   practical margin of 0.02 on the reward scale; the canary fails when p < α;
 - alarms: no active alarm on the canary from any registered `AlarmSource` (the reward monitor plugs in here).
 
-When a stage has its minimum requests and duration, the gate is judged on point estimates: all pass → advance
+When a stage has its minimum requests and duration, the gate is judged with one-sided tests (the p99 limit as a
+binomial test of the canary requests over it, the error margin, the reward Welch test): all pass → advance
 (the last stage passing → promoted: the canary becomes the stable version), any fails → rollback. Before that,
 a breach that is already clear rolls back at once, so a bad canary is cut within seconds: an alarm; a canary
 error rate whose 99% Wilson lower bound exceeds the limit; a canary *median* latency above the stable's p99

@@ -24,7 +24,7 @@ log = get_logger(__name__)
 class Quality:
     def __init__(self, settings: Settings, registry, stable: str):
         redis_url = settings.redis_url
-        self.stable = stable
+        self.stable = stable  # kept current by `set_stable` (the router's stable changes on promotion / adoption)
         self.review = ReviewQueue(path=settings.review_path or settings.cache_dir / "review.jsonl", redis_url=redis_url,
                                   key=f"{settings.redis_prefix}:review")
         self.monitor = RewardMonitor(MonitorConfig(hard_constraint_phrases=tuple(settings.hard_constraint_phrases)),
@@ -55,6 +55,13 @@ class Quality:
         """Compare a non-stable version's rewards against stable's (z-score baseline)."""
         if version != self.stable:
             self.monitor.use_baseline_of(version, self.stable)
+
+    def set_stable(self, stable: str, versions) -> None:
+        """A new stable (a finished promotion, or a replica adopting the stored state): every other version is
+        judged against it from now on, and the new stable against its own baseline."""
+        self.stable = stable
+        for v in versions:
+            self.monitor.use_baseline_of(v, None if v == stable else stable)
 
     def _on_audit(self, item, result) -> None:
         value = (item.meta or {}).get("value")

@@ -13,6 +13,9 @@ from serve.alarms import Alarm, InjectedAlarms
 from serve.canary import CanaryController, ControlError
 from serve.gate import evaluate, gate_params, make_plan, welch_one_sided, wilson_lower
 from serve.config import CanarySettings, Settings, VersionSpec
+from prometheus_client import CollectorRegistry
+
+from serve.quality import Quality
 from serve.router import Router
 from serve.stats import Stats, Summary
 from serve.store import MemoryStore
@@ -132,6 +135,9 @@ class FakeGateway:
         self.router = Router("aligngate", list(self.specs), {"stable": 1, "canary": 0})
         self.stats = Stats()
         self.alarm_sources = [InjectedAlarms()]
+        self.quality = Quality(self.settings, CollectorRegistry(), self.router.stable)  # the real monitor stage
+        for name in self.specs:
+            self.quality.watch_version(name)
 
     def engine_down(self, name):  # the engines here never die (test_chaos kills real ones)
         return None
@@ -178,6 +184,13 @@ async def test_controller_auto_advance_to_promotion(tmp_path):
                 break
         assert c.state["rollout"]["state"] == "promoted", c.last_decision
         assert gw.router.stable == "canary" and gw.router.weights["canary"] == 1.0
+        # the monitor follows the promotion: the former stable, and any version registered later, are judged
+        # against the new stable; the new stable against its own baseline (it was once captured at start-up)
+        monitor = gw.quality.monitor
+        assert gw.quality.stable == "canary"
+        assert monitor._state("stable").baseline_of == "canary" and monitor._state("canary").baseline_of is None
+        gw.quality.watch_version("v3")
+        assert monitor._state("v3").baseline_of == "canary"
         actions = [e["action"] for e in await c.store.audit()]
         assert actions[0] == "start" and actions.count("advance") == 3
     finally:

@@ -41,12 +41,10 @@ def export_version(policy_dir: str | Path, versions_dir: str | Path, version: st
 
         tk.save_tokenizer(dst)
     vh_info: dict = {"file": VALUE_HEAD_FILE}
-    if has_value_head(src):
-        (dst / VALUE_HEAD_FILE).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / VALUE_HEAD_FILE, dst / VALUE_HEAD_FILE)
+    if has_value_head(src):  # any layout (kernels.layout.find_value_head), written in aligngate's
         from kernels.value_head import load_value_head
 
-        save_value_head(load_value_head(dst), dst)  # (re)register in config.json
+        save_value_head(load_value_head(src), dst)  # (re)register in config.json
         vh_info["source"] = value_source or "trained with the policy (PPO critic)"
     elif value_reward_fn is not None:
         from training.value import fit_value_head
