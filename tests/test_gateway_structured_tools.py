@@ -178,3 +178,34 @@ def test_remote_structured_outputs_pass_upstream(remote_gateway, tok):
     r = client.chat.completions.create(model="remote", messages=MSG, max_tokens=80, temperature=0,
                                        response_format={"type": "json_object"}, logit_bias=blanks, stream=True)
     assert isinstance(json.loads("".join(c.choices[0].delta.content or "" for c in r if c.choices)), dict)
+
+
+@pytest.fixture(scope="module")
+def qwen2_gateway(start_gateway, session_dir):
+    """A Qwen2-family checkpoint (random weights, Qwen2's own chat template with its tools section): the template
+    renders the tools itself and the version gets vLLM's `hermes` parser by default."""
+    from training.families import build_family_checkpoint
+
+    model = session_dir / "qwen2-tools"
+    if not (model / "config.json").exists():
+        build_family_checkpoint("qwen2", model)
+    versions = [{"name": "qwen", "model": str(model), "weight": 1, "max_model_len": 1024}]
+    return start_gateway("gateway-qwen2-tools", env={"ALIGNGATE_VERSIONS": json.dumps(versions)})
+
+
+def test_family_template_tool_round_trip(qwen2_gateway):
+    client = openai.OpenAI(base_url=qwen2_gateway + "/v1", api_key="unused", max_retries=0, timeout=120)
+    messages = [{"role": "user", "content": "weather in Oslo?"}]
+    with client.chat.completions.stream(model="qwen", messages=messages, tools=[WEATHER], tool_choice="required",
+                                        max_tokens=80, temperature=0) as s:
+        first = s.get_final_completion()
+    call = first.choices[0].message.tool_calls[0]
+    assert isinstance(call.function.parsed_arguments, Weather) and first.choices[0].finish_reason == "tool_calls"
+    messages += [{"role": "assistant", "tool_calls": [{"id": call.id, "type": "function", "function": {
+        "name": call.function.name, "arguments": call.function.arguments}}]},
+                 {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
+    final = client.chat.completions.create(model="qwen", messages=messages, tools=[WEATHER], max_tokens=16,
+                                           temperature=0, extra_body={"min_tokens": 2})
+    assert final.choices[0].message.content or final.choices[0].message.tool_calls
+    assert final.usage.prompt_tokens > first.usage.prompt_tokens
+    assert final.model_extra["aligngate"]["version"] == "qwen"
