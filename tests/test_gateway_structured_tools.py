@@ -197,7 +197,7 @@ def test_family_template_tool_round_trip(qwen2_gateway):
     client = openai.OpenAI(base_url=qwen2_gateway + "/v1", api_key="unused", max_retries=0, timeout=120)
     messages = [{"role": "user", "content": "weather in Oslo?"}]
     with client.chat.completions.stream(model="qwen", messages=messages, tools=[WEATHER], tool_choice="required",
-                                        max_tokens=80, temperature=0) as s:
+                                        max_tokens=80, temperature=0, stream_options={"include_usage": True}) as s:
         first = s.get_final_completion()
     call = first.choices[0].message.tool_calls[0]
     assert isinstance(call.function.parsed_arguments, Weather) and first.choices[0].finish_reason == "tool_calls"
