@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 
 from serve import openai_format as fmt
 from serve import reward as reward_stage
+from serve import tools
 from serve.admission import Admission, Overloaded
 from serve.auth import KeyPolicy
 from serve.engine import Engine, EngineBadRequest, EngineError, EngineNotReady, GenerationRequest, Step
@@ -68,6 +69,7 @@ def _check_limits(gw: Gateway, body: ChatCompletionRequest | CompletionRequest) 
                            param="messages", code="invalid_value")
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs", code="invalid_value")
+        tools.check_request(body)
 
 
 def _check_prompt_tokens(gw: Gateway, kind: str, prompt_tokens: int) -> None:
@@ -172,10 +174,16 @@ def _generation_request(body: ChatCompletionRequest | CompletionRequest) -> Gene
         ignore_eos=body.ignore_eos, min_tokens=body.min_tokens, repetition_penalty=body.repetition_penalty,
     )
     if isinstance(body, ChatCompletionRequest):
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        return GenerationRequest(kind="chat", messages=messages, max_tokens=body.effective_max_tokens(),
-                                 logprobs=logprobs, **common)
+        choice = body.tool_choice
+        return GenerationRequest(
+            kind="chat", messages=tools.wire_messages(body.messages), max_tokens=body.effective_max_tokens(),
+            logprobs=logprobs, stream=body.stream,
+            logit_bias={int(k): v for k, v in body.logit_bias.items()} if body.logit_bias else None,
+            response_format=body.response_format.wire() if body.response_format else None,
+            tools=[t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None,
+            tool_choice=choice.model_dump() if isinstance(choice, tools.NamedToolChoice) else choice,
+            parallel_tool_calls=body.parallel_tool_calls, **common)
     return GenerationRequest(kind="completion", prompt=body.prompt, max_tokens=body.max_tokens,
                              logprobs=body.logprobs, echo=body.echo, **common)
 

@@ -39,6 +39,18 @@ class VersionSpec(BaseModel):
                     "serve.vllm_model.BASES lists the families). Then remote answers carry the "
                     "in-pass reward too.")
     remote_api_key: str | None = None
+    tool_strict_level: Literal["parameter", "function", "auto"] = Field(
+        "parameter", description="in-process: vLLM's --tool-strict-level. parameter: every call's arguments are "
+                                 "constrained to its tool's schema, as if each tool were strict (a valid call even "
+                                 "from a weak model); function: the call envelope only; auto: vLLM's default (the "
+                                 "arguments of tools marked strict)")
+    structured_outputs_backend: Literal["xgrammar", "guidance", "auto"] = Field(
+        "xgrammar", description="in-process: vLLM's backend for response_format and forced tool calls; xgrammar and "
+                                "guidance write JSON without free whitespace, auto is vLLM's choice (serve/structured.py)")
+    tool_parser: str | None = Field(None, description="in-process: vLLM tool parser reading this version's tool calls "
+                                    "(hermes, llama3_json, mistral, ...); default from the chat template's call syntax "
+                                    "(serve/tools.py), `none` refuses tools. Remote versions: the upstream's "
+                                    "--tool-call-parser decides")
     weight: float = Field(0.0, ge=0.0)
     max_model_len: int | None = Field(None, ge=8, description="context length (default: the model's own, config.json max_position_embeddings, as vLLM reads it)")
     dtype: str = "float32"

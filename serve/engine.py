@@ -35,7 +35,7 @@ class EngineBadRequest(Exception):
 class GenerationRequest:
     request_id: str
     kind: Literal["chat", "completion"]
-    messages: list[dict] | None = None  # chat: [{"role", "content": str}]
+    messages: list[dict] | None = None  # chat, OpenAI wire form: {"role", "content", "tool_calls", "tool_call_id"}
     prompt: str | None = None  # completion
     max_tokens: int | None = None  # None = up to the context length
     temperature: float | None = None
@@ -52,6 +52,12 @@ class GenerationRequest:
     ignore_eos: bool = False
     min_tokens: int | None = None
     repetition_penalty: float | None = None
+    stream: bool = False  # the client streams: tool calls are parsed as they come (else once, at the end)
+    logit_bias: dict[int, float] | None = None  # token id -> bias in [-100, 100] (the value slots' -100 wins)
+    response_format: dict | None = None  # chat, OpenAI wire form (serve.structured); None = free text
+    tools: list[dict] | None = None  # chat, OpenAI wire form (serve.tools)
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
 
 
 @dataclass(slots=True)
@@ -73,6 +79,7 @@ class Delta:
     token_ids: list[int] | None = None
     values: list[float] | None = None  # in-pass value per new token: V(prompt + response before that token)
     entropies: list[float] | None = None  # entropy of the served distribution per new token
+    tool_calls: list[dict] | None = None  # OpenAI tool-call deltas ({"index", "id", "type", "function"}), chat only
 
 
 @dataclass(slots=True)

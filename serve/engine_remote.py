@@ -178,15 +178,24 @@ class RemoteEngine(Engine):
             if req.logprobs is not None:
                 body["logprobs"] = True
                 body["top_logprobs"] = req.logprobs
+            # structured outputs and tools go upstream as the client sent them: the upstream's backends and its
+            # --tool-call-parser do the work (and refuse what they cannot do, which comes back as a 400)
+            for key in ("response_format", "tools", "tool_choice", "parallel_tool_calls"):
+                value = getattr(req, key)
+                if value is not None:
+                    body[key] = value
         else:
             body["prompt"] = req.prompt
             if req.logprobs is not None:
                 body["logprobs"] = req.logprobs
             if req.echo:
                 body["echo"] = True
+        if req.logit_bias:
+            body["logit_bias"] = {str(i): v for i, v in req.logit_bias.items()}
         if self.slots is not None:
             ids = self.slots.ids()
-            body["logit_bias"] = {str(i): -100.0 for i in ids}  # never sampled (they sit at -1000 anyway)
+            # never sampled (they sit at -1000 anyway): the slots' -100 wins over a client's bias on them
+            body["logit_bias"] = {**body.get("logit_bias", {}), **{str(i): -100.0 for i in ids}}
             if req.with_values and req.logprobs is None:  # the client's own logprobs win, as in process
                 body["logprob_token_ids"] = ids
                 body["logprobs"] = True if req.kind == "chat" else 1
@@ -334,6 +343,8 @@ def _delta(choice: dict, kind: str, slots: ValueSlots | None = None) -> Delta:
         d = Delta(choice.get("index", 0), text, len(items) or (1 if text else 0), None, choice.get("finish_reason"))
         if items:
             d.values, d.entropies = _slot_values(items, slots)
+        if kind == "chat":
+            d.tool_calls = (choice.get("delta") or {}).get("tool_calls") or None
         return d
     if kind == "chat":
         text = (choice.get("delta") or {}).get("content") or ""
@@ -355,4 +366,7 @@ def _delta(choice: dict, kind: str, slots: ValueSlots | None = None) -> Delta:
                 for t, v, top in zip(lp["tokens"], lp["token_logprobs"], tops)
             ]
     n = len(lps) if lps is not None else (1 if text else 0)
-    return Delta(choice.get("index", 0), text, n, lps, choice.get("finish_reason"))
+    d = Delta(choice.get("index", 0), text, n, lps, choice.get("finish_reason"))
+    if kind == "chat":
+        d.tool_calls = (choice.get("delta") or {}).get("tool_calls") or None  # upstream's OpenAI deltas, as they are
+    return d

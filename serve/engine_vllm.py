@@ -28,7 +28,10 @@ from serve.engine import (
     Step,
     TokenLogprob,
 )
+from serve import tools
 from serve.logs import get_logger
+from serve.structured import control_char_token_ids
+from serve.tool_calls import ToolRequest, ToolSupport, tool_support
 from serve.value_table import CHANNEL_ENV, ValueTable
 
 log = get_logger(__name__)
@@ -53,6 +56,8 @@ class VLLMEngine(Engine):
         self.max_model_len = spec.max_model_len
         self.slots = None
         self.values: ValueTable | None = None  # the shared-memory read-out (serve.value_table), when in use
+        self.tool_support: ToolSupport | None = None  # tool parser and template kind (serve.tool_calls)
+        self._json_bans: dict[bool, dict[int, float]] = {}  # serve.structured.control_char_token_ids, on first use
         self._warming = False
         self.sampling_defaults: dict = {}
 
@@ -148,6 +153,7 @@ class VLLMEngine(Engine):
             enforce_eager=spec.enforce_eager,
             disable_log_stats=True,
             enable_prefix_caching=True,
+            structured_outputs_config=structured_outputs_config(spec.structured_outputs_backend),
             **({"hf_overrides": overrides} if overrides else {}),
         )
         log.info("engine_starting", version=self.name, model=spec.model, value_head=self.has_value_head)
@@ -156,6 +162,11 @@ class VLLMEngine(Engine):
         self.llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         self.tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, spec.model)
         self.max_model_len = self.llm.model_config.max_model_len
+        self.vocab_size = self.llm.model_config.get_vocab_size()
+        self.tool_support = await asyncio.to_thread(tool_support, spec.tool_parser, self.tokenizer,
+                                                    self.llm.get_tokenizer(), self.llm.model_config,
+                                                    spec.tool_strict_level,
+                                                    spec.structured_outputs_backend != "auto")
         # The checkpoint's own sampling defaults (generation_config.json: temperature, top_p, top_k, ...) for what
         # a request leaves unset, as vLLM's own server does. Its eos list needs nothing here: vLLM's input
         # processor adds generation_config's eos_token_id list and the tokenizer's eos to every request's stop ids.
@@ -244,9 +255,16 @@ class VLLMEngine(Engine):
     # --- requests ----------------------------------------------------------------------------------------
     def _prompt_ids(self, req: GenerationRequest) -> list[int]:
         tok = self.tokenizer
-        if req.kind == "chat":
-            return chat_prompt_ids(tok, req.messages)
-        return tok.encode(req.prompt or "", add_special_tokens=True)
+        if req.kind != "chat":
+            return tok.encode(req.prompt or "", add_special_tokens=True)
+        messages = req.messages
+        if not req.tools and not any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+            return chat_prompt_ids(tok, messages)
+        if self.tool_support is not None and self.tool_support.native:
+            messages = tools.native_messages(messages)
+            tools.check_no_special_tokens(tok, req.tools, messages)
+            return chat_prompt_ids(tok, messages, tools=req.tools)
+        return chat_prompt_ids(tok, tools.fallback_messages(messages, req.tools))
 
     def _value_params(self, req: GenerationRequest, row: int | None) -> dict:
         """Read the value through the shared-memory table (`row`), or else ask vLLM for the reserved slots'
@@ -265,7 +283,25 @@ class VLLMEngine(Engine):
             return None
         return self.values.acquire()
 
-    def _sampling_params(self, req: GenerationRequest, prompt_len: int, row: int | None = None):
+    def _logit_bias(self, req: GenerationRequest, value_kw: dict, constrained: bool, forced: bool) -> dict:
+        """The client's logit_bias, under the bans of a constrained (JSON) request, under the value slots' -100
+        (which always wins for the slot ids)."""
+        user = req.logit_bias or {}
+        bad = [t for t in user if not 0 <= t < self.vocab_size]
+        if bad:
+            raise EngineBadRequest(f"logit_bias names token id {bad[0]}, outside this model's vocabulary "
+                                   f"(0..{self.vocab_size - 1})", param="logit_bias", code="invalid_value")
+        bans: dict[int, float] = {}
+        if constrained:  # forced: the answer is JSON or a call only, so raw tabs and newlines go too
+            if forced not in self._json_bans:
+                self._json_bans[forced] = {i: -100.0 for i in control_char_token_ids(self.tokenizer, forced)}
+            bans = self._json_bans[forced]
+        if not user and not bans:
+            return value_kw
+        return {**value_kw, "logit_bias": {**user, **bans, **value_kw.get("logit_bias", {})}}
+
+    def _sampling_params(self, req: GenerationRequest, prompt_len: int, row: int | None = None,
+                         tool_req: ToolRequest | None = None):
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         room = self.max_model_len - prompt_len
@@ -283,6 +319,12 @@ class VLLMEngine(Engine):
                 param="max_tokens",
                 code="context_length_exceeded",
             )
+        structured = tool_req.structured_outputs if tool_req is not None else None
+        extra: dict = self._logit_bias(req, self._value_params(req, row), structured is not None,
+                                       tool_req is not None and tool_req.forced)
+        if tool_req is not None:
+            extra["structured_outputs"] = structured
+            extra["skip_special_tokens"] = tool_req.skip_special_tokens
         dflt = self.sampling_defaults
         try:
             return SamplingParams(
@@ -302,7 +344,7 @@ class VLLMEngine(Engine):
                 min_tokens=req.min_tokens or 0,
                 repetition_penalty=req.repetition_penalty or dflt.get("repetition_penalty", 1.0),
                 output_kind=RequestOutputKind.DELTA,
-                **self._value_params(req, row),
+                **extra,
             )
         except CLIENT_ERRORS as e:  # vLLM's own argument checks, e.g. n > 1 with temperature 0 (schemathesis: 500)
             raise EngineBadRequest(f"invalid sampling parameters: {e}", code="invalid_value") from None
@@ -317,9 +359,11 @@ class VLLMEngine(Engine):
         if not ids:  # vLLM refuses an empty decoder prompt with a ValueError (schemathesis: it was a 500)
             raise EngineBadRequest("the prompt is empty; send at least one token of text",
                                    param="messages" if req.kind == "chat" else "prompt", code="invalid_value")
+        # structured outputs (response_format) and tools: vLLM's request conversion and tool parser (serve.tool_calls)
+        tool_req = ToolRequest(self.tool_support, req) if req.response_format or req.tools else None
         table, row = self.values, self._table_row(req)
         try:
-            params = self._sampling_params(req, len(ids), row)
+            params = self._sampling_params(req, len(ids), row, tool_req)
         except BaseException:
             if row is not None:
                 table.release(row)
@@ -348,13 +392,15 @@ class VLLMEngine(Engine):
                     elif read_values and o.logprobs:
                         d.values, d.entropies = _slot_values(o.logprobs, s)
                     completion_tokens += n_new
-                    deltas.append(d)
+                    deltas.append(tool_req.feed(d, ids) if tool_req is not None else d)
                 yield Step(deltas, len(ids), completion_tokens, out.finished, ids if out.finished else None)
         except EngineDeadError as e:
             self.ready = False
             raise EngineError(f"version {self.name!r}: engine died: {e}") from e
-        except CLIENT_ERRORS as e:  # vLLM's request validation
-            raise EngineBadRequest(str(e)) from e
+        except CLIENT_ERRORS as e:  # vLLM's request validation (a schema its grammar backend refuses, ...)
+            # raised when the request is added: about its grammar, if it has one
+            param = "response_format" if req.response_format else "tools" if tool_req and tool_req.calls else None
+            raise EngineBadRequest(str(e), param=param) from e
         finally:
             # Closing vLLM's generator early (client gone, consumer stopped) aborts the sequence in the engine.
             try:
@@ -394,6 +440,15 @@ class VLLMEngine(Engine):
                 pass
 
         await asyncio.wait_for(one(), timeout_s)
+
+
+def structured_outputs_config(backend: str):
+    """Engine-wide structured-output settings (serve/structured.py says why JSON is compact)."""
+    from vllm.config import StructuredOutputsConfig
+
+    if backend == "auto":
+        return StructuredOutputsConfig(backend="auto")
+    return StructuredOutputsConfig(backend=backend, disable_any_whitespace=True)
 
 
 def value_params(slots, read: bool) -> dict:

@@ -72,21 +72,42 @@ class Accumulator:
         self.text = [[] for _ in range(n)]
         self.logprobs: list[list[TokenLogprob] | None] = [None] * n
         self.finish: list[str | None] = [None] * n
+        self.tool_calls: list[dict[int, dict] | None] = [None] * n
 
     def add(self, d: Delta) -> None:
         self.text[d.index].append(d.text)
+        if d.tool_calls:
+            self._merge_calls(d.index, d.tool_calls)
         if d.logprobs is not None:
             self.logprobs[d.index] = (self.logprobs[d.index] or []) + d.logprobs
         if d.finish_reason:
             self.finish[d.index] = d.finish_reason
 
+    def _merge_calls(self, i: int, deltas: list[dict]) -> None:
+        """Tool-call deltas by their `index`: id, type and name as they come, argument fragments concatenated
+        (a whole call arrives as one delta; a remote upstream streams fragments)."""
+        calls = self.tool_calls[i] = self.tool_calls[i] or {}
+        for tc in deltas:
+            c = calls.setdefault(tc.get("index", 0), {"id": None, "type": "function",
+                                                      "function": {"name": "", "arguments": ""}})
+            if tc.get("id"):
+                c["id"] = tc["id"]
+            fn = tc.get("function") or {}
+            if fn.get("name"):
+                c["function"]["name"] = fn["name"]
+            c["function"]["arguments"] += fn.get("arguments") or ""
+
     def chat_body(self, rid: str, model: str, prompt_tokens: int, completion_tokens: int, extra: dict) -> dict:
         choices = []
         for i, parts in enumerate(self.text):
             lp = self.logprobs[i]
+            message: dict = {"role": "assistant", "content": "".join(parts)}
+            if self.tool_calls[i]:
+                message["tool_calls"] = [self.tool_calls[i][k] for k in sorted(self.tool_calls[i])]
+                message["content"] = message["content"] or None  # OpenAI: null content beside tool calls
             choices.append({
                 "index": i,
-                "message": {"role": "assistant", "content": "".join(parts)},
+                "message": message,
                 "logprobs": chat_logprobs(lp) if lp is not None else None,
                 "finish_reason": self.finish[i] or "stop",
             })
@@ -121,6 +142,8 @@ class ChatChunker:
         if not self.started[d.index]:
             self.started[d.index] = True
             delta["role"] = "assistant"
+        if d.tool_calls:
+            delta["tool_calls"] = d.tool_calls
         if d.text or not delta:
             delta["content"] = d.text
         choice = {"index": d.index, "delta": delta,

@@ -10,7 +10,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Role = Literal["system", "developer", "user", "assistant"]
+from serve.structured import ResponseFormat
+from serve.tools import ToolCall, ToolChoice, ToolDef
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
 # JSON Schema's integer: 3 and 3.0 (a JSON number with no fraction), never "3" or true. The models are strict;
@@ -33,6 +36,8 @@ class ChatMessage(BaseModel):
     role: Role
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="assistant: the calls it made (sent back)")
+    tool_call_id: str | None = Field(None, description="role tool: the id of the call this message answers")
 
     def text(self) -> str:
         if self.content is None:
@@ -107,6 +112,22 @@ class ChatCompletionRequest(_Common):
     max_completion_tokens: Annotated[Int, Field(ge=1)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[Int, Field(ge=0, le=20)] | None = None
+    # structured outputs and tools (serve/structured.py, serve/tools.py); cross-field rules in tools.check_request
+    response_format: ResponseFormat | None = None
+    tools: list[ToolDef] | None = Field(None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(
+        None, description="token id (a decimal string) -> bias in [-100, 100], added to the logit before sampling",
+        json_schema_extra={"propertyNames": {"pattern": "^[0-9]{1,9}$"}})
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_id_keys(cls, v):
+        for k in v or ():
+            if not (k.isascii() and k.isdigit() and len(k) <= 9):
+                raise ValueError(f"key {k!r} is not a token id; keys are token ids as decimal strings, e.g. \"50256\"")
+        return v
 
     def effective_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
