@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
-from serve import auth, completions, errors, responses
+from serve import auth, completions, errors, openapi_doc, responses
 from serve.admin import build_admin_router, load_admin_keys
 from serve.admission import Admission
 from serve.config import Settings, VersionSpec
@@ -52,6 +52,7 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
                   description="OpenAI-compatible gateway for RLHF-tuned policies: one engine per policy version.")
     app.state.gateway = gw
     errors.install(app)
+    openapi_doc.install(app, settings.limits)
     app.include_router(build_admin_router(gw, settings))
 
     inference = APIRouter(route_class=InferenceRoute)  # the docs from FastAPI, a lean request handler

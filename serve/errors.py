@@ -64,7 +64,9 @@ def _first_error(exc: RequestValidationError) -> tuple[str, str | None]:
     msg = e.get("msg", "invalid value")
     if param:
         return f"invalid `{param}`: {msg}", param
-    return f"invalid request body: {msg}; send a JSON object", None
+    if e.get("type") in ("model_type", "model_attributes_type", "dict_type"):
+        return f"invalid request body: {msg}; send a JSON object", None
+    return f"invalid request: {msg.removeprefix('Value error, ')}", None  # a rule between fields
 
 
 def _document_error_shape(app: FastAPI) -> None:
