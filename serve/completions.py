@@ -44,7 +44,7 @@ log = get_logger(__name__)
 class Chunker(Protocol):
     """One streamed answer's bytes: `fmt.ChatChunker` and `fmt.CompletionChunker`, or another API's events."""
 
-    def head(self) -> bytes: ...
+    def opening(self) -> bytes: ...
     def chunk(self, d: Delta) -> bytes: ...
     def tail(self, prompt_tokens: int, completion_tokens: int, include_usage: bool, fields: dict) -> bytes: ...
     def error(self, message: str, type: str, code: str | None) -> bytes: ...
@@ -454,7 +454,7 @@ async def _stream(call: Call, agen: AsyncIterator[Step], first: Step) -> AsyncIt
         for d in first.deltas:
             track(d)
         # one write per step: a step may carry several events (serve/engine_remote.py)
-        if out := chunker.head() + b"".join([chunker.chunk(d) for d in first.deltas]):
+        if out := chunker.opening() + b"".join([chunker.chunk(d) for d in first.deltas]):
             yield out
         while True:  # the request's watch bounds every step: a deadline or a client gone cancels this task
             try:

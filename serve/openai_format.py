@@ -133,7 +133,7 @@ class ChatChunker:
             self.extra = {}
         return sse(body)
 
-    def head(self) -> bytes:
+    def opening(self) -> bytes:
         return b""  # the first content chunk carries the role
 
     def tail(self, prompt_tokens: int, completion_tokens: int, include_usage: bool, fields: dict) -> bytes:

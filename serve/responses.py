@@ -293,7 +293,7 @@ class ResponsesChunker:
         self.seq += 1
         return b"event: " + kind.encode() + b"\n" + body
 
-    def head(self) -> bytes:
+    def opening(self) -> bytes:
         if self.started:
             return b""
         self.started = True
@@ -325,7 +325,7 @@ class ResponsesChunker:
         ag = {**self.extra.get("aligngate", {}), **fields.get("aligngate", {})}
         final = {**self.render.response(self.rid, status, [item], _usage(prompt_tokens, completion_tokens)),
                  **self.extra, **fields, "aligngate": ag}
-        return (self.head()
+        return (self.opening()
                 + self._event("response.output_text.done", {**where, "text": text, "logprobs": []})
                 + self._event("response.content_part.done", {**where, "part": item["content"][0]})
                 + self._event("response.output_item.done", {"output_index": 0, "item": item})
@@ -336,6 +336,6 @@ class ResponsesChunker:
         neither; a client reads the reason from the failed response's `error`)."""
         failed = {**self.render.response(self.rid, "failed", [], error={"code": code or "server_error",
                                                                          "message": message}), **self.extra}
-        return (self.head()
+        return (self.opening()
                 + self._event("error", {"code": code, "message": message, "param": None})
                 + self._event("response.failed", {"response": failed}))
