@@ -76,8 +76,8 @@ class Reason(_Strict):
 class RegisterBody(Reason):
     # exactly one source, as VersionSpec checks: said in the schema too (schemathesis: a schema-valid body refused)
     model_config = ConfigDict(json_schema_extra={"oneOf": [
-        {"required": ["model"], "properties": {"model": {"type": "string"}}},
-        {"required": ["url"], "properties": {"url": {"type": "string"}}}]})
+        {"required": ["model"], "properties": {"model": {"type": "string", "minLength": 1}}},  # "" is no source
+        {"required": ["url"], "properties": {"url": {"type": "string", "minLength": 1}}}]})
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     model: str | None = Field(None, description="exported model directory (HF files + manifest.json)")

@@ -98,20 +98,22 @@ class InputMessage(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
+# `text` and `stream_options` are closed objects (additionalProperties: false): their other keys (`verbosity`, ...)
+# are options the gateway does not honour, refused by `_unhonoured` below, and the schema says so
 class TextFormat(BaseModel):
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     type: Literal["text"]
 
 
 class TextConfig(BaseModel):
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     format: TextFormat | None = None
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     include_obfuscation: Literal[False] | None = None
 
