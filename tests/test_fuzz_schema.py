@@ -176,7 +176,7 @@ def test_schemathesis_cli_checks_all(fuzz_gateway, tmp_path):
            fuzz_gateway + "/openapi.json", "--checks", "all", "--phases", "examples,coverage,fuzzing",
            "--max-examples", str(max(10, int(30 * SCALE))), "--generation-database", "none",
            "--request-timeout", "120", "-H", f"Authorization: Bearer {ADMIN_KEY}"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)  # its .schemathesis/ there
     out = run.stdout + run.stderr
     print(out[-3000:])
     assert run.returncode == 0, out[-20000:]
