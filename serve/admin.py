@@ -16,7 +16,7 @@ import secrets
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serve.alarms import InjectedAlarms
 from serve.canary import ControlError
@@ -25,7 +25,7 @@ from serve.config import Settings, VersionSpec
 from serve.errors import APIError
 from serve.faults import clear_fault, set_fault
 from serve.logs import get_logger
-from serve.schemas import ErrorResponse
+from serve.schemas import ErrorResponse, Int
 from serve.store import StoreUnavailable, audit_entry
 
 log = get_logger(__name__)
@@ -57,11 +57,30 @@ def load_admin_keys(settings: Settings) -> dict[str, str]:
 
 
 # --- request bodies ----------------------------------------------------------------------------------------
-class Reason(BaseModel):
+class _Strict(BaseModel):
+    """The documented JSON types only, as on the inference routes (schemathesis: `"force": 0` registered a version):
+    3.0 is an integer (`Int`), "3" and true are not."""
+
+    model_config = ConfigDict(strict=True)
+
+    @field_validator("max_model_len", "kv_cache_gib", "min_requests", mode="before", check_fields=False)
+    @classmethod
+    def _json_integers(cls, v):
+        if isinstance(v, (str, bytes, bool)):
+            raise ValueError("Input should be a valid integer")
+        return v
+
+
+class Reason(_Strict):
     reason: str | None = Field(None, description="why (goes to the audit log)")
 
 
 class RegisterBody(Reason):
+    # exactly one source, as VersionSpec checks: said in the schema too (schemathesis: a schema-valid body refused)
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["model"], "properties": {"model": {"type": "string", "minLength": 1}}},  # "" is no source
+        {"required": ["url"], "properties": {"url": {"type": "string", "minLength": 1}}}]})
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     model: str | None = Field(None, description="exported model directory (HF files + manifest.json), or a TRL "
                               "value-head checkpoint (imported into the cache directory first)")
@@ -70,8 +89,8 @@ class RegisterBody(Reason):
     # sent as an HTTP header value: printable ASCII only (schemathesis: a non-ASCII key was stored, then every
     # later admin action failed with a 500 building the version's HTTP client)
     remote_api_key: str | None = Field(None, pattern=r"^[\x21-\x7e]+$")
-    max_model_len: int | None = Field(None, ge=8)  # None: the model's own context
-    kv_cache_gib: int = Field(1, ge=1)
+    max_model_len: Int | None = Field(None, ge=8)  # None: the model's own context
+    kv_cache_gib: Int = Field(1, ge=1)
     force: bool = Field(False, description="register even if the manifest's gate verdict is FAIL (audited)")
 
     @field_validator("url")
@@ -93,7 +112,7 @@ class RegisterBody(Reason):
 class StartBody(Reason):
     version: str
     stages: list[float] | None = Field(None, description="canary shares, e.g. [0.01, 0.1, 0.5, 1.0]")
-    min_requests: int | None = Field(None, ge=0)
+    min_requests: Int | None = Field(None, ge=0)
     min_duration_s: float | None = Field(None, ge=0)
 
 
@@ -110,7 +129,7 @@ class ShadowBody(Reason):
     share: float = Field(ge=0, le=1, description="share of stable's requests mirrored to the version (0 = off)")
 
 
-class FaultBody(BaseModel):
+class FaultBody(_Strict):
     error_rate: float = Field(0.0, ge=0, le=1)
     latency_s: float = Field(0.0, ge=0, le=60)
     alarm: str | None = Field(None, description="raise an alarm of this name on the version")

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
-from serve import auth, completions, errors
+from serve import auth, completions, errors, openapi_doc, responses
 from serve.admin import build_admin_router, load_admin_keys
 from serve.admission import Admission
 from serve.config import Settings, VersionSpec
@@ -52,6 +52,7 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
                   description="OpenAI-compatible gateway for RLHF-tuned policies: one engine per policy version.")
     app.state.gateway = gw
     errors.install(app)
+    openapi_doc.install(app, settings.limits)
     app.include_router(build_admin_router(gw, settings))
 
     inference = APIRouter(route_class=InferenceRoute)  # the docs from FastAPI, a lean request handler
@@ -65,6 +66,13 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
     async def text_completions(body: CompletionRequest, request: Request,
                                key: auth.KeyPolicy | None = Depends(auth_dep)):  # noqa: B008
         return await completions.handle(gw, request, body, key, guards)
+
+    @inference.post("/v1/responses", responses=COMPLETION, tags=["inference"])
+    async def create_response(body: responses.ResponsesRequest, request: Request,
+                              key: auth.KeyPolicy | None = Depends(auth_dep)):  # noqa: B008
+        """OpenAI's Responses API for text (serve/responses.py): the chat path, rendered as a `response` object
+        or its event stream."""
+        return await responses.handle(gw, request, body, key, guards)
 
     app.include_router(inference)
 
@@ -140,7 +148,7 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
                 gw.metrics.engine_unfinished.labels(name).set(n)
         return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    app.add_middleware(BodyGuard, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(BodyGuard, max_bytes=settings.limits.max_body_bytes, routes=lambda: app.router.routes)
     # added last = outermost: a draining gateway refuses new work before anything else runs
     app.add_middleware(DrainGuard, drain=gw.drain, retry_after_s=settings.retry_after_s)
     return app

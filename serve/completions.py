@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,8 +29,8 @@ from serve import reward as reward_stage
 from serve import tools
 from serve.admission import Admission, Overloaded
 from serve.auth import KeyPolicy
-from serve.engine import Engine, EngineBadRequest, EngineError, EngineNotReady, GenerationRequest, Step
-from serve.errors import APIError, error_sse
+from serve.engine import Delta, Engine, EngineBadRequest, EngineError, EngineNotReady, GenerationRequest, Step
+from serve.errors import APIError
 from serve.gateway import Gateway
 from serve.logs import get_logger
 from serve.ratelimit import RateLimited, RateLimiter, TooLargeForKey
@@ -39,6 +40,25 @@ from serve.schemas import ChatCompletionRequest, CompletionRequest
 from serve.streaming import EventStream, RequestTimeout, RequestWatch
 
 log = get_logger(__name__)
+
+
+class Chunker(Protocol):
+    """One streamed answer's bytes: `fmt.ChatChunker` and `fmt.CompletionChunker`, or another API's events."""
+
+    def opening(self) -> bytes: ...
+    def chunk(self, d: Delta) -> bytes: ...
+    def tail(self, prompt_tokens: int, completion_tokens: int, include_usage: bool, fields: dict) -> bytes: ...
+    def error(self, message: str, type: str, code: str | None) -> bytes: ...
+
+
+class Render(Protocol):
+    """How another API renders the chat path's answer (serve/responses.py): its ids, its body, its stream."""
+
+    endpoint: str  # the `endpoint` label of the request metrics
+
+    def new_id(self) -> str: ...
+    def body(self, acc: fmt.Accumulator, rid: str, prompt_tokens: int, completion_tokens: int, extra: dict) -> dict: ...
+    def chunker(self, rid: str, extra: dict) -> Chunker: ...
 
 
 @dataclass
@@ -213,6 +233,7 @@ class Call:
     completion_tokens: int = 0
     wait_audit: bool = False
     audits: list | None = None  # per choice: the audit model's result (when the client waited for it)
+    render: Render | None = None  # another API's shape (None: chat or legacy completions)
 
     def fail(self, status: str, kind: str) -> None:
         """The request ends as `status`; `kind` is counted in aligngate_errors_total."""
@@ -221,6 +242,8 @@ class Call:
 
     @property
     def endpoint(self) -> str:
+        if self.render is not None:
+            return self.render.endpoint
         return "chat" if self.kind == "chat" else "completions"
 
     def done(self) -> None:
@@ -309,7 +332,8 @@ def _reward_extra(call: Call, rewards: list[Reward | None]) -> dict:
 
 
 async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | CompletionRequest,
-                 key: KeyPolicy | None = None, guards: Guards | None = None) -> Response:
+                 key: KeyPolicy | None = None, guards: Guards | None = None, render: Render | None = None) -> Response:
+    """`render`: another API answered by this same path (routing, admission, rewards, monitor), in its own shape."""
     t0 = time.perf_counter()
     deadline = asyncio.get_running_loop().time() + _timeout_s(gw, request)
     _check_limits(gw, body)
@@ -320,13 +344,13 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
         req.max_tokens = gw.settings.limits.max_tokens_cap
     # per-token values ride with the tokens only when the reward is read at the last position (or asked for)
     req.with_values = gw.settings.reward_position == "last" or body.return_values
-    rid = fmt.new_id(req.kind)
+    rid = render.new_id() if render is not None else fmt.new_id(req.kind)
     routed_by = "explicit" if body.model != gw.router.public_model else ("sticky" if route.sticky else "weight")
     client_logprobs = req.logprobs is not None
     keep_tokens = reward_stage.needs_finalize(engine, gw.settings.reward_position, client_logprobs)
     call = Call(gw, engine, req.kind, rid, body.model, body.n, {"aligngate": {"version": engine.name,
                 "routed_by": routed_by}}, t0, _prompt_text(body), client_logprobs,
-                RewardTracker(body.n, keep_tokens, body.return_values), wait_audit=body.wait_for_audit)
+                RewardTracker(body.n, keep_tokens, body.return_values), wait_audit=body.wait_for_audit, render=render)
     headers = {"x-aligngate-version": engine.name, "x-request-id": rid}
     # from here the client's disconnect cancels this task wherever it waits (serve/streaming.py)
     watch = RequestWatch(request.receive)
@@ -372,7 +396,9 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
         _check_prompt_tokens(gw, call.kind, step.prompt_tokens)
         rewards = await call.rewards(step.prompt_token_ids)
         extra = {"aligngate": {**call.extra["aligngate"], **_reward_extra(call, rewards)}}
-        if call.kind == "chat":
+        if render is not None:
+            payload = render.body(acc, rid, step.prompt_tokens, step.completion_tokens, extra)
+        elif call.kind == "chat":
             payload = acc.chat_body(rid, body.model, step.prompt_tokens, step.completion_tokens, extra)
         else:
             prefix = body.prompt if body.echo else ""
@@ -424,27 +450,30 @@ async def _collect(call: Call, agen: AsyncIterator[Step], first: Step):
     return acc, step
 
 
-async def _timed_out(call: Call) -> AsyncIterator[bytes]:
+async def _timed_out(call: Call, chunker: Chunker) -> AsyncIterator[bytes]:
     """Headers are sent: the timeout is reported in-band, like an engine failure."""
     call.fail("504", "timeout")
-    yield error_sse("the request did not finish within its timeout (limits.request_timeout_s or "
-                    "x-aligngate-timeout); the answer above is incomplete", "timeout_error", "request_timeout")
-    yield fmt.DONE
+    yield chunker.error("the request did not finish within its timeout (limits.request_timeout_s or "
+                        "x-aligngate-timeout); the answer above is incomplete", "timeout_error", "request_timeout")
 
 
 async def _stream(call: Call, agen: AsyncIterator[Step], first: Step) -> AsyncIterator[bytes]:
     gw, version = call.gw, call.engine.name
     vm = gw.metrics.version(version)
-    chunker = (fmt.ChatChunker if call.kind == "chat" else fmt.CompletionChunker)(call.rid, call.model, call.n,
-                                                                                 call.extra)
+    if call.render is not None:
+        chunker: Chunker = call.render.chunker(call.rid, call.extra)
+    else:
+        chunker = (fmt.ChatChunker if call.kind == "chat" else fmt.CompletionChunker)(call.rid, call.model, call.n,
+                                                                                     call.extra)
     track = call.tracker.add
     step = first
     last = time.perf_counter()
     try:
         for d in first.deltas:
             track(d)
-        if first.deltas:  # one write per step: a step may carry several events (serve/engine_remote.py)
-            yield b"".join([chunker.chunk(d) for d in first.deltas])
+        # one write per step: a step may carry several events (serve/engine_remote.py)
+        if out := chunker.opening() + b"".join([chunker.chunk(d) for d in first.deltas]):
+            yield out
         while True:  # the request's watch bounds every step: a deadline or a client gone cancels this task
             try:
                 step = await agen.__anext__()
@@ -460,25 +489,24 @@ async def _stream(call: Call, agen: AsyncIterator[Step], first: Step) -> AsyncIt
         vm.tokens.inc(step.completion_tokens)
         # the reward rides in one extra chunk after the last token: it never delays the first token; usage, reward
         # and [DONE] go out in one write
-        tail = chunker.usage_chunk(step.prompt_tokens, step.completion_tokens) if call.include_usage else b""
         rewards = await call.rewards(step.prompt_token_ids)
-        yield tail + chunker.extra_chunk({"aligngate": {"version": version, **_reward_extra(call, rewards)}}) + fmt.DONE
+        yield chunker.tail(step.prompt_tokens, step.completion_tokens, call.include_usage,
+                           {"aligngate": {"version": version, **_reward_extra(call, rewards)}})
     except asyncio.CancelledError:
         why = call.watch.caught()
         if why == "deadline":
-            async for chunk in _timed_out(call):
+            async for chunk in _timed_out(call, chunker):
                 yield chunk
             return
         call.fail("499", "client_disconnected")
         if why is None:
             raise
     except RequestTimeout:  # the deadline passed while a slow client held up a write (serve/streaming.py)
-        async for chunk in _timed_out(call):
+        async for chunk in _timed_out(call, chunker):
             yield chunk
     except EngineError as e:  # headers are sent: report in-band, then end the stream cleanly
         call.fail("502", e.kind)
-        yield error_sse(f"the policy engine failed mid-stream: {e}", "server_error", e.kind)
-        yield fmt.DONE
+        yield chunker.error(f"the policy engine failed mid-stream: {e}", "server_error", e.kind)
     except GeneratorExit:
         call.fail("499", "client_disconnected")
         raise

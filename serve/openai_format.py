@@ -13,6 +13,7 @@ import time
 import msgspec
 
 from serve.engine import Delta, TokenLogprob
+from serve.errors import error_sse
 
 DONE = b"data: [DONE]\n\n"
 # ASCII-only JSON: U+2028, U+0085 and friends stay escaped, so no line-splitting SSE client can mis-frame an event.
@@ -154,6 +155,18 @@ class ChatChunker:
             body.update(self.extra)
             self.extra = {}
         return sse(body)
+
+    def opening(self) -> bytes:
+        return b""  # the first content chunk carries the role
+
+    def tail(self, prompt_tokens: int, completion_tokens: int, include_usage: bool, fields: dict) -> bytes:
+        """The end of the stream in one write: usage (when asked for), the gateway's fields, [DONE]."""
+        usage = self.usage_chunk(prompt_tokens, completion_tokens) if include_usage else b""
+        return usage + self.extra_chunk(fields) + DONE
+
+    def error(self, message: str, type: str, code: str | None) -> bytes:
+        """An error once headers are sent: an event in the error shape, then [DONE]."""
+        return error_sse(message, type, code) + DONE
 
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> bytes:
         return sse({**self.head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})

@@ -1,7 +1,8 @@
 """Request bodies at the HTTP edge (pydantic), the subset of the OpenAI API the gateway serves.
 
-Unknown fields are ignored (the OpenAI SDK sends some the gateway has no use for); known fields are checked
-strictly so a mistake gets a 400 that names the field.
+Unknown fields are ignored (vendor extensions of other servers and SDKs); known fields are checked strictly so a
+mistake gets a 400 that names the field, and a known OpenAI field the gateway does not honour is refused with a 400
+that names it (serve/unhonoured.py), never silently dropped.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from serve.structured import ResponseFormat
 from serve.tools import ToolCall, ToolChoice, ToolDef
+from serve.unhonoured import ChatUnhonoured, CompletionUnhonoured
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -107,7 +109,7 @@ class _Common(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else self.stop
 
 
-class ChatCompletionRequest(_Common):
+class ChatCompletionRequest(ChatUnhonoured, _Common):
     messages: list[ChatMessage] = Field(min_length=1, description="at least one message")
     max_completion_tokens: Annotated[Int, Field(ge=1)] | None = None
     logprobs: bool = False
@@ -133,7 +135,7 @@ class ChatCompletionRequest(_Common):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-class CompletionRequest(_Common):
+class CompletionRequest(CompletionUnhonoured, _Common):
     prompt: str | list[str] = Field(description="a string (a one-element list is accepted)", json_schema_extra={
         "anyOf": [{"type": "string", "minLength": 1},  # documented exactly; `_one_prompt` gives the messages
                   {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 1}]})

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -35,15 +37,18 @@ from schemathesis import GenerationMode
 ADMIN_KEY = "fuzz-admin-key-7f3e"
 MIN_CASES = 2_000
 SCALE = float(os.environ.get("FUZZ_EXAMPLES_SCALE", "1"))
-INFERENCE = ("POST /v1/chat/completions", "POST /v1/completions")
+INFERENCE = ("POST /v1/chat/completions", "POST /v1/completions", "POST /v1/responses")
 # hypothesis examples per operation and generation mode; the generating routes cost an engine step each
-BUDGET = {"POST /v1/chat/completions": 300, "POST /v1/completions": 300, "POST /v1/feedback": 150}
+BUDGET = {"POST /v1/chat/completions": 300, "POST /v1/completions": 300, "POST /v1/responses": 150,
+          "POST /v1/feedback": 150}
 DEFAULT_BUDGET = 80
 
 # Schema-valid requests the gateway may still refuse, each for a reason JSON Schema cannot express, always in the
-# documented OpenAI error shape: 400 (a limit from the config such as max_n, or a rule between fields such as
-# top_logprobs needing logprobs), 404 (an unknown model, version or response id), 409 (a canary action that does
-# not apply in the current state), 503 (a registered version still starting).
+# documented OpenAI error shape: 400 (a comparison between two fields: min_tokens above max_tokens, chosen_id equal
+# to rejected_id; a prompt plus max_tokens over the version's context, which depends on the tokenizer), 404 (an
+# unknown model, version or response id), 409 (a canary action that does not apply in the current state), 503 (a
+# registered version still starting). The configured limits (max_n, max_stop, ...) and the rules JSON Schema can
+# say (top_logprobs needs logprobs, one version source) are in the document itself (serve/openapi_doc.py).
 POSITIVE_OK = ["2xx", "400", "401", "404", "409", "503"]
 
 
@@ -69,7 +74,10 @@ def _cheap(case, data) -> None:
     body = case.body
     if not isinstance(body, dict):
         return
-    body["max_tokens"] = data.draw(st.integers(1, 8), label="max_tokens")
+    if case.path == "/v1/responses":
+        body["max_output_tokens"] = data.draw(st.integers(1, 8), label="max_output_tokens")
+    else:
+        body["max_tokens"] = data.draw(st.integers(1, 8), label="max_tokens")
     body.pop("max_completion_tokens", None)
     if isinstance(body.get("min_tokens"), (int, float)) and body["min_tokens"] > 8:
         body["min_tokens"] = data.draw(st.integers(0, 8), label="min_tokens")
@@ -150,6 +158,29 @@ def test_schemathesis_no_5xx_no_schema_violations(fuzz_gateway):
         assert statuses[f"{label} 200"] > 0, statuses
     # the admin API was reached with the key (not only 401s)
     assert statuses["GET /admin/status 200"] > 0, statuses
+
+
+def test_schemathesis_cli_checks_all(fuzz_gateway, tmp_path):
+    """`schemathesis run --checks all` as a user runs it, over every operation with the admin key, in the phases the
+    harness above does not run: the schema's own examples and the coverage phase (boundary values, each field
+    missing or of the wrong type, undeclared methods: 405 with `Allow`), plus a short fuzzing pass."""
+    config = tmp_path / "schemathesis.toml"
+    # positive_data_acceptance: the documented business-rule answers of POSITIVE_OK (each a rule JSON Schema cannot
+    # say). not_a_server_error: 503 is the documented answer (with Retry-After) for a version that is not ready, and
+    # the fuzzer registers unreachable remote versions through the admin API: /ready and requests pinned to them
+    # then rightly answer 503. Any other 5xx still fails.
+    config.write_text("[checks.positive_data_acceptance]\nexpected-statuses = " + json.dumps(POSITIVE_OK) + "\n"
+                      "[checks.not_a_server_error]\nexpected-statuses = " + json.dumps(["2xx", "3xx", "4xx", "503"])
+                      + "\n")
+    cmd = [os.path.join(os.path.dirname(sys.executable), "schemathesis"), "--config-file", str(config), "run",
+           fuzz_gateway + "/openapi.json", "--checks", "all", "--phases", "examples,coverage,fuzzing",
+           "--max-examples", str(max(10, int(30 * SCALE))), "--generation-database", "none",
+           "--request-timeout", "120", "-H", f"Authorization: Bearer {ADMIN_KEY}"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)  # its .schemathesis/ there
+    out = run.stdout + run.stderr
+    print(out[-3000:])
+    assert run.returncode == 0, out[-20000:]
+    assert " passed" in out.rsplit("SUMMARY", 1)[-1], out[-3000:]  # cases really ran
 
 
 # --- prompt and answer text never reach the log unless `log_content` is set ----------------------------------

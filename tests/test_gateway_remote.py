@@ -37,6 +37,19 @@ def test_remote_non_stream_and_stream(client):
     assert r.model_extra["aligngate"]["reward"] is None
 
 
+def test_remote_responses_api(client):
+    """/v1/responses on a remote version: the same chat path, so the upstream answers and the reward comes through."""
+    r = client.responses.create(model="remote", input="5+5=", max_output_tokens=6, temperature=0)
+    chat = client.chat.completions.create(model="remote", messages=MSG, max_tokens=6, temperature=0)
+    assert r.output_text == chat.choices[0].message.content
+    assert r.usage.input_tokens == chat.usage.prompt_tokens
+    assert r.model_extra["aligngate"]["version"] == "remote"
+    events = list(client.responses.create(model="remote", input="5+5=", max_output_tokens=6, stream=True))
+    assert events[-1].type == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == events[-1].response.output_text
+    assert events[-1].response.model_extra["aligngate"]["reward"]["source"] == "value_head"
+
+
 def test_remote_matches_upstream_greedy(client, vllm_server):
     """Same greedy answer through the gateway as straight from vLLM: streaming is forwarded faithfully."""
     direct = openai.OpenAI(base_url=vllm_server + "/v1", api_key="x", max_retries=0)
