@@ -117,8 +117,17 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
             return JSONResponse({"ready": False, "draining": True, "in_flight": gw.drain.active}, status_code=503,
                                 headers={"Retry-After": str(settings.retry_after_s)})
         results = await asyncio.gather(*(check(n, e) for n, e in gw.engines.items()))
+        for name, r in zip(gw.engines, results):
+            # read after the probes, once: a version is ready only in state `up`, so the summary and the verbose
+            # view cannot disagree (an engine that died during the probe is `down`, not ready)
+            r["state"] = gw.version_state(name)
+            r["ready"] = r["ready"] and r["state"] == "up"
+            if r["state"] == "failed" and (st := gw.starts.get(name)) is not None and st.reason:
+                r["error"] = st.reason
         for (name, engine), r in zip(gw.engines.items(), results if verbose else ()):
-            r.update({k: v for k, v in (gw.supervisor.status(name) or {}).items() if k != "reason"})
+            r.update({k: v for k, v in (gw.supervisor.status(name) or {}).items() if k not in ("reason", "state")})
+            if (st := gw.starts.get(name)) is not None:
+                r.update(st.to_dict())
             inner = getattr(engine, "inner", engine)
             if (pid := getattr(inner, "engine_pid", None)) is not None:
                 r["engine_pid"] = pid
@@ -128,6 +137,9 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
                 r["backends"] = {b.base: {"up": b.up, "error": b.last_error} for b in backends}
                 r["retries"] = inner.retries
         versions = dict(zip(gw.engines, results))
+        if not verbose:
+            for r in results:
+                r.pop("state", None)
         ok = all(r["ready"] for r in results)
         headers = None if ok else {"Retry-After": str(settings.retry_after_s)}
         return JSONResponse({"ready": ok, "versions": versions}, status_code=200 if ok else 503, headers=headers)

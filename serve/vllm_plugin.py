@@ -2,7 +2,8 @@
 
 vLLM calls this in every process it starts (API server, engine core, workers), so the out-of-tree
 architecture resolves in the engine's subprocess too. Registration is by string, so nothing heavy is imported
-until a model actually uses the class.
+until a model actually uses the class. In a gateway's engine processes it also ties their life to the gateway's
+(`serve.engine_procs.child_setup`: process group, parent watchdog, pid file).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ ARCHITECTURES = {
 
 def register() -> None:
     from vllm import ModelRegistry
+
+    from serve.engine_procs import child_setup
+
+    child_setup()  # first: a start-up that stalls later must still die with its gateway
 
     for arch, target in ARCHITECTURES.items():
         if arch not in ModelRegistry.get_supported_archs():
