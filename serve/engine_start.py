@@ -52,8 +52,11 @@ async def attempt(engine, status: StartStatus, deadline_s: float, kill) -> bool:
     status.state, status.retry_at = "starting", None
     status.attempts += 1
     inner.start_error = None
+    # only an engine this gateway runs (and can kill and restart) has a deadline: a remote version waits for its
+    # upstream for as long as it takes (serve/engine_remote.py), and has no processes here to end
+    deadline = deadline_s if getattr(inner, "restartable", False) else None
     try:
-        await asyncio.wait_for(engine.start(), deadline_s)
+        await asyncio.wait_for(engine.start(), deadline)
     except asyncio.TimeoutError:
         killed = kill(engine.name)
         with contextlib.suppress(Exception):
