@@ -3,6 +3,8 @@ on log lines in the shape a real gateway writes them (taken from a real start-up
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from tests.stall import stall_signature
 
 START = ('{"version": "valued", "model": "/m/default-stable", "value_head": true, "event": "engine_starting", '
@@ -32,3 +34,10 @@ def test_other_outcomes_do_not_match():
     # an earlier version's healthy start does not hide a later start that stalls, nor the other way round
     assert stall_signature("\n".join([START, *CORE, *WORKER, READY, START, *CORE])) is not None
     assert stall_signature("\n".join([START, *CORE, START, *CORE, *WORKER])) is None
+
+
+def test_a_recent_plan_is_a_slow_start_not_the_stall():
+    log = "\n".join([START, *CORE])
+    assert stall_signature(log, now=datetime(2026, 12, 5, 8, 13, 59)) is None  # 20 s of silence only
+    sig = stall_signature(log, now=datetime(2026, 12, 5, 8, 20, 0))
+    assert sig is not None and "381 s" in sig
