@@ -42,6 +42,8 @@ class VersionSpec(BaseModel):
     max_model_len: int = Field(512, ge=8)
     dtype: str = "float32"
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE in GiB for this engine (CPU only)")
+    start_timeout_s: float | None = Field(None, gt=0, description="this version's engine start deadline (default: "
+                                          "engine_start_timeout_s); a bigger model may need more")
     max_num_seqs: int = Field(128, ge=1)
     enforce_eager: bool = True
     max_concurrency: int | None = Field(None, ge=1, description="requests in flight on this version (default: "

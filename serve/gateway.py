@@ -122,15 +122,16 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _start_args(self) -> dict:
-        s = self.settings
-        return {"deadline_s": s.engine_start_timeout_s, "kill": engine_procs.kill_version}
+    def _start_args(self, name: str) -> dict:
+        spec = self.specs.get(name)
+        deadline = (spec.start_timeout_s if spec is not None else None) or self.settings.engine_start_timeout_s
+        return {"deadline_s": deadline, "kill": engine_procs.kill_version}
 
     async def _start_one(self, engine: Engine, first_done: bool = False) -> None:
         s = self.settings
         await start_with_retries(engine, self.starts.setdefault(engine.name, StartStatus()), retries=s.engine_start_retries,
                                  backoff_s=s.restart_backoff_s, backoff_max_s=s.restart_backoff_max_s,
-                                 first_done=first_done, **self._start_args())
+                                 first_done=first_done, **self._start_args(engine.name))
 
     async def remove_version(self, name: str, drain_timeout_s: float = 30.0) -> None:
         """Drain and unload: stop routing to it, wait for its in-flight requests (bounded), stop its engine."""
@@ -157,7 +158,7 @@ class Gateway:
         # one after the other (two engine start-ups side by side on a small CPU slow each other down); a start that
         # passes its deadline is retried in the background, so the next version starts meanwhile
         for engine in list(self.engines.values()):
-            if not await start_attempt(engine, self.starts[engine.name], **self._start_args()):
+            if not await start_attempt(engine, self.starts[engine.name], **self._start_args(engine.name)):
                 self._spawn(self._start_one(engine, first_done=True))
         # As vLLM's server does after start-up: move the (large, static) start-up heap out of the collector's
         # sight so old-generation collections during serving are short.

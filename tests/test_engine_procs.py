@@ -101,6 +101,7 @@ def _engine_cores(url: str) -> dict[str, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a gateway with two engines; minutes on a loaded 2-core machine
 def test_sigkill_leaves_no_engine_process(session_dir, cache_dir):
     proc, url = start_aligngate("procs-sigkill", session_dir, env={"ALIGNGATE_CACHE_DIR": str(cache_dir)})
     try:
@@ -129,6 +130,7 @@ def _one_version_env(cache_dir: Path, piddir_cache: Path, **extra: str) -> dict[
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two gateways, one after the other
 def test_orphans_of_a_killed_gateway_are_ended_and_sigterm_then_sigkill_leaves_nothing(session_dir, cache_dir):
     own = session_dir / "procs-cache"  # a cache dir of these gateways alone: its engines/ pid directory
     # 1. the old behaviour, on purpose: no watchdog -> SIGKILL leaves the engine core running

@@ -23,7 +23,7 @@ from benchmarks.procs import start_aligngate
 pytestmark = pytest.mark.slow
 
 ADMIN = "start-admin"
-DEADLINE_S = 120  # a normal start here takes 20-60 s (a loaded CI machine included); the hang never ends
+DEADLINE_S = 90  # the canary's (the hang never ends); stable keeps the default, a loaded machine may need minutes
 
 
 def _admin_versions(url: str) -> dict:
@@ -40,13 +40,15 @@ def _check_consistent(body: dict) -> None:
             assert v["state"] == "up", (name, body)
 
 
+@pytest.mark.timeout(1800)  # two engine starts and one hang of DEADLINE_S
 def test_hung_start_is_killed_reported_and_retried(session_dir, cache_dir):
     own = session_dir / "start-cache"
     models = cache_dir / "models"
     versions = [{"name": "stable", "model": str(models / "default-stable"), "weight": 1.0},
-                {"name": "canary", "model": str(models / "default-canary"), "weight": 0.0}]
+                {"name": "canary", "model": str(models / "default-canary"), "weight": 0.0,
+                 "start_timeout_s": DEADLINE_S}]
     env = {"ALIGNGATE_VERSIONS": json.dumps(versions), "ALIGNGATE_CACHE_DIR": str(own), "ALIGNGATE_ADMIN_KEY": ADMIN,
-           "ALIGNGATE_FAULT_START_HANG": "canary:1", "ALIGNGATE_ENGINE_START_TIMEOUT_S": str(DEADLINE_S),
+           "ALIGNGATE_FAULT_START_HANG": "canary:1",
            "ALIGNGATE_RESTART_BACKOFF_S": "2", "ALIGNGATE_SUPERVISE_INTERVAL_S": "5"}
     proc, url = start_aligngate("start-deadline", session_dir, env=env, wait="health")
     try:

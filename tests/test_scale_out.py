@@ -34,6 +34,9 @@ from tests.promtext import metric
 from tests.redis_fixture import REDIS_BIN, RedisServer
 from tests.stall import stall_signature
 
+# the module's fixture (two vLLM servers, two gateways one after the other) is charged to its first test
+pytestmark = pytest.mark.timeout(1800)
+
 ADMIN_KEY = "scale-out-admin"
 WEIGHTS = {"stable": 0.7, "canary": 0.3}
 USERS = 240
@@ -71,7 +74,7 @@ def scale_out(session_dir, cache_dir):
         gateways = []
         for i in (1, 2):
             gw_env = {**env, "ALIGNGATE_CACHE_DIR": str(session_dir / f"scale-gw-{i}"),
-                      "ALIGNGATE_ENGINE_START_TIMEOUT_S": "120"}
+                      "ALIGNGATE_ENGINE_START_TIMEOUT_S": "240"}
             try:
                 proc, url = start_aligngate(f"scale-gateway-{i}", session_dir, env=gw_env, timeout=400)
             except TimeoutError as e:
