@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import gc
 
+from serve import engine_procs
 from serve.config import Settings, VersionSpec
 from serve.drain import Drain
-from serve import engine_procs
 from serve.engine import Engine
 from serve.engine_start import StartStatus, start_with_retries
 from serve.engine_start import attempt as start_attempt
@@ -128,10 +128,10 @@ class Gateway:
         return {"deadline_s": deadline, "kill": engine_procs.kill_version}
 
     async def _start_one(self, engine: Engine, first_done: bool = False) -> None:
-        s = self.settings
-        await start_with_retries(engine, self.starts.setdefault(engine.name, StartStatus()), retries=s.engine_start_retries,
-                                 backoff_s=s.restart_backoff_s, backoff_max_s=s.restart_backoff_max_s,
-                                 first_done=first_done, **self._start_args(engine.name))
+        s, status = self.settings, self.starts.setdefault(engine.name, StartStatus())
+        await start_with_retries(engine, status, retries=s.engine_start_retries, backoff_s=s.restart_backoff_s,
+                                 backoff_max_s=s.restart_backoff_max_s, first_done=first_done,
+                                 **self._start_args(engine.name))
 
     async def remove_version(self, name: str, drain_timeout_s: float = 30.0) -> None:
         """Drain and unload: stop routing to it, wait for its in-flight requests (bounded), stop its engine."""
