@@ -117,10 +117,18 @@ async def run(args: argparse.Namespace) -> dict:
                 await b.stop()
             print(f"[{variant}] cycle {k}: {rec}", flush=True)
             cycles.append(rec)
+            _write(args, variant, cycles, counts)
     finally:
         stop.set()
         await trickle
         await a.stop()
+    out = _write(args, variant, cycles, counts)
+    print(json.dumps({k: v for k, v in out.items() if k != "per_cycle"}), flush=True)
+    return out
+
+
+def _write(args: argparse.Namespace, variant: str, cycles: list[dict], counts: dict) -> dict:
+    """The results so far (written after every cycle, so a run cut short still leaves its numbers)."""
     stalls = sum(c["outcome"] == "stall" for c in cycles)
     starts = [c["start_s"] for c in cycles if "start_s" in c]
     out = {"variant": variant, "bind": args.bind, "omp_wait_policy": args.omp_wait, "deadline_s": args.deadline,
@@ -130,7 +138,6 @@ async def run(args: argparse.Namespace) -> dict:
            "machine_load_1m": os.getloadavg()[0], "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     path = RESULTS / f"stall_loop-{variant}.json"
     path.write_text(json.dumps(out, indent=1))
-    print(json.dumps({k: v for k, v in out.items() if k != "per_cycle"}), flush=True)
     return out
 
 
