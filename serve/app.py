@@ -103,14 +103,18 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
     async def ready(verbose: bool = False):
         """Ready when a real one-token generation succeeds on every version. `verbose=true` adds, per version, the
         supervisor's view (state, restarts), the in-process engine core's pid and a remote version's backends."""
+        def why(name, engine) -> str:
+            return gw.engine_down(name) or (repr(engine.start_error) if engine.start_error else "starting")
+
         async def check(name, engine):
             if not engine.ready:
-                why = gw.engine_down(name) or (repr(engine.start_error) if engine.start_error else "starting")
-                return {"ready": False, "error": why}
+                return {"ready": False, "error": why(name, engine)}
             try:
                 await engine.probe(settings.ready_timeout_s)
                 return {"ready": True}
             except Exception as e:  # any failure means not ready; the reason is reported
+                if not engine.ready:  # it went down during the probe: the cause (engine died), not the symptom
+                    return {"ready": False, "error": why(name, engine)}
                 return {"ready": False, "error": f"{type(e).__name__}: {e}"}
 
         if gw.drain.draining:  # SIGTERM: tell the load balancer to stop sending here (serve/drain.py)
