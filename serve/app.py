@@ -125,7 +125,8 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
             # read after the probes, once: a version is ready only in state `up`, so the summary and the verbose
             # view cannot disagree (an engine that died during the probe is `down`, not ready)
             r["state"] = gw.version_state(name)
-            r["ready"] = r["ready"] and r["state"] == "up"
+            if r["ready"] and r["state"] != "up":  # went down just now
+                r["ready"], r["error"] = False, why(name, gw.engines[name])
             if r["state"] == "failed" and (st := gw.starts.get(name)) is not None and st.reason:
                 r["error"] = st.reason
         for (name, engine), r in zip(gw.engines.items(), results if verbose else ()):
