@@ -184,6 +184,8 @@ def build_admin_router(gw, settings: Settings) -> APIRouter:
              "source": v["spec"].get("model") or v["spec"].get("url"), "origin": v.get("origin"),
              "gate": v.get("gate"), "forced": v.get("forced", False),
              "ready": bool(gw.engines.get(n) and gw.engines[n].ready),
+             "state": gw.version_state(n) if n in gw.engines else None,  # serve/gateway.py: as /ready shows it
+             **(gw.starts[n].to_dict() if n in gw.starts else {}),
              "error": repr(gw.engines[n].start_error) if gw.engines.get(n) and gw.engines[n].start_error else None}
             for n, v in c.state.get("versions", {}).items()]}
 

@@ -111,22 +111,36 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
     async def ready(verbose: bool = False):
         """Ready when a real one-token generation succeeds on every version. `verbose=true` adds, per version, the
         supervisor's view (state, restarts), the in-process engine core's pid and a remote version's backends."""
+        def why(name, engine) -> str:
+            return gw.engine_down(name) or (repr(engine.start_error) if engine.start_error else "starting")
+
         async def check(name, engine):
             if not engine.ready:
-                why = gw.engine_down(name) or (repr(engine.start_error) if engine.start_error else "starting")
-                return {"ready": False, "error": why}
+                return {"ready": False, "error": why(name, engine)}
             try:
                 await engine.probe(settings.ready_timeout_s)
                 return {"ready": True}
             except Exception as e:  # any failure means not ready; the reason is reported
+                if not engine.ready:  # it went down during the probe: the cause (engine died), not the symptom
+                    return {"ready": False, "error": why(name, engine)}
                 return {"ready": False, "error": f"{type(e).__name__}: {e}"}
 
         if gw.drain.draining:  # SIGTERM: tell the load balancer to stop sending here (serve/drain.py)
             return JSONResponse({"ready": False, "draining": True, "in_flight": gw.drain.active}, status_code=503,
                                 headers={"Retry-After": str(settings.retry_after_s)})
         results = await asyncio.gather(*(check(n, e) for n, e in gw.engines.items()))
+        for name, r in zip(gw.engines, results):
+            # read after the probes, once: a version is ready only in state `up`, so the summary and the verbose
+            # view cannot disagree (an engine that died during the probe is `down`, not ready)
+            r["state"] = gw.version_state(name)
+            if r["ready"] and r["state"] != "up":  # went down just now
+                r["ready"], r["error"] = False, why(name, gw.engines[name])
+            if r["state"] == "failed" and (st := gw.starts.get(name)) is not None and st.reason:
+                r["error"] = st.reason
         for (name, engine), r in zip(gw.engines.items(), results if verbose else ()):
-            r.update({k: v for k, v in (gw.supervisor.status(name) or {}).items() if k != "reason"})
+            r.update({k: v for k, v in (gw.supervisor.status(name) or {}).items() if k not in ("reason", "state")})
+            if (st := gw.starts.get(name)) is not None:
+                r.update(st.to_dict())
             inner = getattr(engine, "inner", engine)
             if (pid := getattr(inner, "engine_pid", None)) is not None:
                 r["engine_pid"] = pid
@@ -136,6 +150,9 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
                 r["backends"] = {b.base: {"up": b.up, "error": b.last_error} for b in backends}
                 r["retries"] = inner.retries
         versions = dict(zip(gw.engines, results))
+        if not verbose:
+            for r in results:
+                r.pop("state", None)
         ok = all(r["ready"] for r in results)
         headers = None if ok else {"Retry-After": str(settings.retry_after_s)}
         return JSONResponse({"ready": ok, "versions": versions}, status_code=200 if ok else 503, headers=headers)

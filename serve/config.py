@@ -55,6 +55,8 @@ class VersionSpec(BaseModel):
     max_model_len: int | None = Field(None, ge=8, description="context length (default: the model's own, config.json max_position_embeddings, as vLLM reads it)")
     dtype: str = "float32"
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE in GiB for this engine (CPU only)")
+    start_timeout_s: float | None = Field(None, gt=0, description="this version's engine start deadline (default: "
+                                          "engine_start_timeout_s); a bigger model may need more")
     max_num_seqs: int = Field(128, ge=1)
     enforce_eager: bool = True
     max_concurrency: int | None = Field(None, ge=1, description="requests in flight on this version (default: "
@@ -168,6 +170,10 @@ class Settings(BaseSettings):
     supervise_interval_s: float = Field(1.0, gt=0, description="engine liveness check period (serve/supervisor.py)")
     restart_backoff_s: float = Field(1.0, ge=0, description="wait before re-trying a failed engine restart (doubles)")
     restart_backoff_max_s: float = Field(60.0, ge=0)
+    engine_start_timeout_s: float = Field(300.0, gt=0, description="deadline of one in-process engine start (build "
+                                          "+ warm-up); past it its processes are killed, the version is reported "
+                                          "`failed` and the start is retried after restart_backoff_s (doubling)")
+    engine_start_retries: int = Field(3, ge=0, description="retries of an engine start that passed its deadline")
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM: bound on the wait for in-flight requests")
     drain_grace_s: float = Field(0.0, ge=0, description="on SIGTERM: keep answering 503 (and /ready 503) at least "
                                  "this long before closing the listener, so a load balancer sees it first")

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from vllm.logprobs import FlatLogprobs
 
-from serve import vllm_patches
+from serve import engine_procs, vllm_patches
 from serve.chat_prompt import chat_prompt_ids  # noqa: F401  (re-exported: callers import it from here)
 from serve.config import VersionSpec
 from serve.engine import (
@@ -159,7 +159,12 @@ class VLLMEngine(Engine):
         log.info("engine_starting", version=self.name, model=spec.model, value_head=self.has_value_head)
         # Building the engine blocks for ~20 s (it spawns and waits for the engine core): keep the event loop
         # free meanwhile so /health answers and requests get a 503 instead of hanging.
-        self.llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        engine_procs.track_spawns()  # which processes this start spawns: a start past its deadline is ended
+        token = engine_procs.starting.set(self.name)  # copied into the to_thread context
+        try:
+            self.llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        finally:
+            engine_procs.starting.reset(token)
         self.tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, spec.model)
         self.max_model_len = self.llm.model_config.max_model_len
         self.vocab_size = self.llm.model_config.get_vocab_size()
@@ -237,6 +242,7 @@ class VLLMEngine(Engine):
         if self.llm is not None:
             llm, self.llm = self.llm, None
             await asyncio.to_thread(llm.shutdown)
+        engine_procs.forget_stopped(self.name)  # anything vLLM's shutdown (or a cancelled start) left running
         if self.values is not None:
             self.values.close()
             self.values = None

@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import gc
 
+from serve import engine_procs
 from serve.config import Settings, VersionSpec
 from serve.drain import Drain
 from serve.engine import Engine
+from serve.engine_start import StartStatus, start_with_retries
+from serve.engine_start import attempt as start_attempt
 from serve.engine_remote import RemoteEngine
 from serve.logs import get_logger
 from serve.metrics import Metrics
@@ -53,6 +56,7 @@ class Gateway:
         self.supervisor = Supervisor(self, settings.supervise_interval_s, settings.restart_backoff_s,
                                      settings.restart_backoff_max_s)
         self.drain = Drain()  # SIGTERM: stop taking work, let in-flight requests finish (serve/drain.py)
+        self.starts: dict[str, StartStatus] = {n: StartStatus() for n in self.engines}  # serve/engine_start.py
         self._starter: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -60,6 +64,10 @@ class Gateway:
         from serve.canary import CanaryController
         from serve.store import make_store
 
+        # marks this process as the gateway its engines' processes watch, and ends the engine cores an earlier
+        # gateway on this cache dir left behind when it was killed (serve/engine_procs.py); cheap, and done even
+        # with remote versions only: an in-process one may be registered later
+        engine_procs.prepare(self.settings.cache_dir)
         self._starter = asyncio.create_task(self._start_all())
         await self.quality.start()
         for name in self.engines:
@@ -87,22 +95,43 @@ class Gateway:
         # between the death and the supervisor's next tick only the engine itself knows why
         return w.reason or getattr(getattr(engine, "inner", engine), "down_reason", None) or "engine down"
 
+    def version_state(self, name: str) -> str:
+        """One state per version, the same wherever it is shown (/ready?verbose=true, /admin/versions):
+        `up` exactly when the engine serves; `down`/`recovering` (supervisor) after it served; `failed` when its
+        start failed (and is perhaps being retried: see `start_retry_in_s`); else `starting`."""
+        engine = self.engines.get(name)
+        w = self.supervisor.watches.get(name)
+        if w is not None and w.state in ("down", "recovering") and not (engine is not None and engine.ready):
+            return w.state
+        if engine is not None and engine.ready:
+            return "up"
+        st = self.starts.get(name)
+        return "failed" if st is not None and st.state == "failed" else "starting"
+
     def add_version(self, spec: VersionSpec) -> None:
         """A version registered at runtime: routable at once (weight 0), its engine starts in the background."""
         engine = make_engine(spec, self.settings)
         self.specs[spec.name] = spec
         self.engines[spec.name] = engine
+        self.starts[spec.name] = StartStatus()
         self.quality.watch_version(spec.name)
-        task = asyncio.create_task(self._start_one(engine))
+        self._spawn(self._start_one(engine))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _start_one(self, engine: Engine) -> None:
-        try:
-            await engine.start()
-        except Exception as e:
-            engine.start_error = e
-            log.error("engine_start_failed", version=engine.name, error=repr(e))
+    def _start_args(self, name: str) -> dict:
+        spec = self.specs.get(name)
+        deadline = (spec.start_timeout_s if spec is not None else None) or self.settings.engine_start_timeout_s
+        return {"deadline_s": deadline, "kill": engine_procs.kill_version}
+
+    async def _start_one(self, engine: Engine, first_done: bool = False) -> None:
+        s, status = self.settings, self.starts.setdefault(engine.name, StartStatus())
+        await start_with_retries(engine, status, retries=s.engine_start_retries, backoff_s=s.restart_backoff_s,
+                                 backoff_max_s=s.restart_backoff_max_s, first_done=first_done,
+                                 **self._start_args(engine.name))
 
     async def remove_version(self, name: str, drain_timeout_s: float = 30.0) -> None:
         """Drain and unload: stop routing to it, wait for its in-flight requests (bounded), stop its engine."""
@@ -110,25 +139,27 @@ class Gateway:
             self.router.remove_version(name)
         gauge = self.metrics.version(name).in_flight
         deadline = asyncio.get_running_loop().time() + drain_timeout_s
-        while gauge._value.get() > 0 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.1)
-        engine = self.engines.pop(name, None)
-        self.specs.pop(name, None)
-        self.supervisor.forget(name)
-        if engine is not None:
-            try:
-                await engine.stop()
-            except Exception as e:
-                log.warning("engine_stop_failed", version=name, error=repr(e))
+        try:
+            while gauge._value.get() > 0 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+        finally:  # an interrupted drain (the gateway stopping) still stops the engine: nothing is left running
+            engine = self.engines.pop(name, None)
+            self.specs.pop(name, None)
+            self.starts.pop(name, None)
+            self.supervisor.forget(name)
+            if engine is not None:
+                try:
+                    await engine.stop()
+                except Exception as e:
+                    log.warning("engine_stop_failed", version=name, error=repr(e))
         log.info("version_unloaded", version=name)
 
     async def _start_all(self) -> None:
+        # one after the other (two engine start-ups side by side on a small CPU slow each other down); a start that
+        # passes its deadline is retried in the background, so the next version starts meanwhile
         for engine in list(self.engines.values()):
-            try:
-                await engine.start()
-            except Exception as e:  # keep the others serving; /ready reports this one
-                engine.start_error = e
-                log.error("engine_start_failed", version=engine.name, error=repr(e))
+            if not await start_attempt(engine, self.starts[engine.name], **self._start_args(engine.name)):
+                self._spawn(self._start_one(engine, first_done=True))
         # As vLLM's server does after start-up: move the (large, static) start-up heap out of the collector's
         # sight so old-generation collections during serving are short.
         gc.collect()
@@ -149,6 +180,8 @@ class Gateway:
             await self.stats_sync.stop()
         if self._starter and not self._starter.done():
             self._starter.cancel()
+        for t in list(self._tasks):  # start retries, drains
+            t.cancel()
         await self.shadow.close()
         await self.quality.close()
         for engine in list(self.engines.values()):

@@ -3,7 +3,8 @@
 vLLM calls this in every process it starts (API server, engine core, workers), so the out-of-tree
 architecture resolves in the engine's subprocess too. One `<Arch>WithValueHead` per family `serve.vllm_model`
 wraps (Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3, Phi-3). Registration is by string, so no vLLM model code is
-imported until a model actually uses the class.
+imported until a model actually uses the class. In a gateway's engine processes it
+also ties their life to the gateway's (`serve.engine_procs.child_setup`: process group, parent watchdog, pid file).
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ ARCHITECTURES = {arch + SUFFIX: f"serve.vllm_model:{arch}{SUFFIX}" for arch in B
 
 def register() -> None:
     from vllm import ModelRegistry
+
+    from serve.engine_procs import child_setup
+
+    child_setup()  # first: a start-up that stalls later must still die with its gateway
 
     for arch, target in ARCHITECTURES.items():
         if arch not in ModelRegistry.get_supported_archs():
