@@ -46,6 +46,25 @@ def cache_dir(session_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def family_checkpoint(session_dir):
+    """`family_checkpoint(family, **kw)`: a random-weight checkpoint of a real decoder family
+    (`training.families.build_family_checkpoint`, TRL value head by default), built once per session and argument
+    set; fast (about a second each), so not a slow fixture by itself."""
+    from training.families import build_family_checkpoint
+
+    built: dict[tuple, Path] = {}
+
+    def get(family: str, **kw) -> Path:
+        key = (family, *sorted(kw.items()))
+        if key not in built:
+            name = "-".join([family, *(f"{k}={v}" for k, v in sorted(kw.items()))])
+            built[key] = build_family_checkpoint(family, session_dir / "families" / name, **kw)
+        return built[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def fast_pipeline(session_dir) -> Path:
     """`aligngate train pipeline --fast`, run once per session through the CLI: exported sft / dpo / incident
     versions, the reward models, eval and gate verdicts (the training tests and the incident demo share it)."""
