@@ -131,3 +131,16 @@ def test_reward_function_spec(tmp_path):
                      (str(tmp_path), "not a reward-model directory")):
         with pytest.raises(RewardSpecError, match=msg):
             load_reward_fn(bad)
+
+
+def test_rows_trl_would_drop_stop_the_stage(tmp_path, family_checkpoint):
+    """A prompt that fills --max-length leaves no completion token; trl drops such rows: the stage refuses."""
+    base = family_checkpoint("qwen2", value_head=None)
+    rows = [{"prompt": "add 1 2", "completion": "3"}, {"prompt": "copy " + "abc " * 200, "completion": "abc"}]
+    p = write(tmp_path, "demos.jsonl", rows * 2)
+    with pytest.raises(SystemExit) as e:
+        cli_main(["sft", "--base", str(base), "--demos", str(p), "--max-length", "64", "--steps", "1",
+                  "--out", str(tmp_path / "sft")])
+    assert "2 of 4 rows" in str(e.value.code) and "--max-length" in str(e.value.code)
+    with pytest.raises(SystemExit, match="no chat template|no config.json"):
+        cli_main(["sft", "--base", str(tmp_path), "--steps", "1", "--out", str(tmp_path / "sft2")])

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="tiny", help="tiny-Llama preset: micro, nano, tiny, small")
     p.add_argument("--steps", type=int)
     p.add_argument("--lr", type=float, help="default 2e-3 (tiny), 1e-4 (--base)")
+    p.add_argument("--max-length", type=int, default=1024, help="--base: tokens per chat (longer: truncated by trl)")
     _base(p)
 
     p = sub.add_parser("rm", help="Bradley–Terry reward model, held-out accuracy vs the oracle, ONNX export")
@@ -109,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rm", type=Path, help="reward model dir")
     p.add_argument("--test-pairs", type=Path, help="held-out pairs with oracle scores (RM accuracy)")
     p.add_argument("--n-prompts", type=int, default=400)
+    p.add_argument("--prompts", type=Path, help="evaluation prompts JSONL {prompt} (a pairs file works too); "
+                   "default: the default task's held-out prompts")
+    p.add_argument("--reward", help="judge: reward model dir or module:function (instead of --rm)")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--skip-invalid", action="store_true")
 
     p = sub.add_parser("gate", help="PASS/FAIL verdict from an eval JSON")
     _common(p, "runs/gate", fast=False)
@@ -126,10 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate", type=Path, help="gate verdict JSON to record")
     p.add_argument("--metrics", type=Path, help="metrics JSON to record")
     p.add_argument("--rm", type=Path, help="RM to fit the value head with (else the oracle of the default task)")
+    p.add_argument("--reward", help="reward model dir or module:function to fit the value head with (instead of --rm)")
+    p.add_argument("--prompts", type=Path, help="prompts JSONL to fit the value head on (a pairs file works too); "
+                   "default: the default task's")
+    p.add_argument("--value-n", type=int, help="sampled responses for the value-head fit (default 512)")
 
-    p = sub.add_parser("pipeline", help="the default task end to end (data -> ... -> versions)")
+    p = sub.add_parser("pipeline", help="end to end: the default task, or --base DIR --pairs FILE (a team's own)")
     _common(p, "runs/pipeline")
     p.add_argument("--stages", help="comma-separated subset, e.g. sft,data,rm,dpo,incident,eval,export")
+    p.add_argument("--base", type=Path, help="a pretrained HF checkpoint dir: rm, dpo, ppo, eval, gate, export from it")
+    p.add_argument("--pairs", type=Path, help="with --base: preference pairs JSONL")
+    p.add_argument("--labels", type=Path, help="with --base: rater labels for {pair_id, prompt, a, b} pairs")
+    p.add_argument("--aggregate", default="ds", choices=["ds", "mv", "single", "all"])
+    p.add_argument("--demos", type=Path, help="with --base: SFT first on these demonstrations")
+    p.add_argument("--lora", default="16,32", help="with --base: r,alpha[,target,...]; 'none' for full fine-tuning")
+    p.add_argument("--skip-invalid", action="store_true")
     return ap
 
 
@@ -263,6 +280,7 @@ def _default_demos(n: int, seed: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _REPORTS.clear()  # data files read by this stage (main may be called once per stage in one process)
     from training import common as C
 
     out: Path = args.out
@@ -279,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = (_load(args.demos, "sft", args).rows if args.demos
                     else _default_demos(steps * bs, args.seed))
             cfg = S.BaseSFTConfig(steps=steps, batch_size=bs, lr=args.lr or 1e-4, seed=args.seed, lora=_lora(args),
+                                  max_length=args.max_length,
                                   save_every=args.save_every, resume=args.resume)
             res = S.run_base(out, base, [F.to_conversational(r) for r in rows], cfg)
         else:
@@ -376,8 +395,14 @@ def main(argv: list[str] | None = None) -> int:
 
         test = C.read_jsonl(args.test_pairs) if args.test_pairs else None
         cfg = E.EvalConfig(n_prompts=100 if fast else args.n_prompts, seed=args.seed)
-        res = E.run(out / "eval.json", args.candidate, args.incumbent, reference_dir=args.reference, rm_dir=args.rm,
-                    test_pairs=test, cfg=cfg)
+        from training.rewards import RewardSpecError
+
+        try:
+            res = E.run(out / "eval.json", args.candidate, args.incumbent, reference_dir=args.reference,
+                        rm_dir=args.rm, test_pairs=test, cfg=cfg, prompts=_rollout_prompts(args), judge=args.reward,
+                        max_new_tokens=args.max_new_tokens)
+        except RewardSpecError as e:
+            raise _fail(e) from None
     elif args.stage == "gate":
         from training import gate as G
 
@@ -392,19 +417,36 @@ def main(argv: list[str] | None = None) -> int:
         from training import export as X
         from training import task as T
 
-        if args.rm:
-            from training import reward_model as RM
+        if args.reward or args.rm:
+            from training import rewards as RW
 
-            fn = RM.RewardModel(args.rm).reward01
+            try:
+                fn, _ = RW.load_reward_fn(args.reward or args.rm)
+            except RW.RewardSpecError as e:
+                raise _fail(e) from None
         else:
             def fn(p, r):
                 return np.array([T.oracle_score(a, b) for a, b in zip(p, r)])
         d = X.export_version(args.policy, out, args.version, parent=args.parent,
                              gate=C.read_json(args.gate) if args.gate else None,
                              metrics=C.read_json(args.metrics) if args.metrics else None,
-                             config={"cli": vars(args)}, value_reward_fn=fn, audit_rm=args.rm, seed=args.seed)
+                             config={"cli": vars(args)}, value_reward_fn=fn, seed=args.seed,
+                             audit_rm=args.rm or (args.reward if args.reward and Path(args.reward).is_dir() else None),
+                             value_prompts=_rollout_prompts(args), value_n=args.value_n)
         res = {"version_dir": str(d)}
     elif args.stage == "pipeline":
+        if args.base:
+            from training import pipeline_base as PB
+
+            if not args.pairs:
+                raise SystemExit("error: pipeline --base needs --pairs FILE (preference pairs JSONL)")
+            _check_base(args.base)
+            res = PB.run(out, PB.BasePipelineConfig(
+                base=args.base, pairs=args.pairs, labels=args.labels, aggregate=args.aggregate, demos=args.demos,
+                lora=None if args.lora in ("", "none") else args.lora, fast=fast, seed=args.seed,
+                skip_invalid=args.skip_invalid))
+            print(PB.headline(res))
+            return 0
         from training import pipeline as PL
 
         kw = {"stages": tuple(args.stages.split(","))} if args.stages else {}
@@ -413,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     else:  # pragma: no cover
         raise SystemExit(f"unknown stage {args.stage}")
-    if _REPORTS:
+    if _REPORTS and args.stage != "export":
         C.write_json(out / "data_report.json", _REPORTS)
     summary = {k: v for k, v in res.items() if not isinstance(v, (list, dict)) or k in ("heldout_accuracy_vs_oracle",)}
     print(json.dumps(C.to_jsonable(summary), indent=2, default=str)[:4000])

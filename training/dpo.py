@@ -74,6 +74,9 @@ def make_trainer(policy_dir: str | Path, prefs: list[dict], cfg: DPOStageConfig,
     from transformers.trainer_callback import PrinterCallback
 
     tr.remove_callback(PrinterCallback)  # the per-step dicts go to history.json and curves.png instead
+    from training.trainer_utils import check_nothing_dropped
+
+    check_nothing_dropped(tr, len(prefs), cfg.max_length)
     return tr
 
 

@@ -148,6 +148,7 @@ def run_base(out_dir: str | Path, base_dir: str | Path, rows: list[dict], cfg: B
     tr = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(TU.trl_rows(rows)), processing_class=tok,
                     peft_config=cfg.lora.peft_config() if cfg.lora else None)
     TU.quiet(tr)
+    TU.check_nothing_dropped(tr, len(rows), cfg.max_length)
     params = B.trainable_params(tr.model)
     with C.Timer() as t:
         tr.train(resume_from_checkpoint=TU.resume_arg(out / "_trainer", cfg.resume))

@@ -47,3 +47,13 @@ def trl_rows(rows: list[dict]) -> list[dict]:
     """Only the columns trl reads (prompt/completion/messages/chosen/rejected): our ids and line numbers go."""
     keep = ("prompt", "completion", "messages", "chosen", "rejected")
     return [{k: r[k] for k in keep if k in r} for r in rows]
+
+
+def check_nothing_dropped(trainer, n_rows: int, max_length: int | None) -> None:
+    """trl drops rows that truncation leaves without a trainable token (a prompt filling max_length). Nothing may
+    be trained on with rows silently gone: stop and say what to change."""
+    n = len(trainer.train_dataset)
+    if n < n_rows:
+        raise SystemExit(f"error: {n_rows - n} of {n_rows} rows have no completion token within --max-length "
+                         f"{max_length} (their prompt fills it) and trl would drop them: raise --max-length or "
+                         "shorten or remove those rows")
