@@ -87,3 +87,33 @@ def test_served_answer_carries_the_in_pass_reward(trained, start_gateway):
     reward = chunks[-1].model_extra["aligngate"]["reward"]
     assert reward["source"] == "value_head" and reward["model_version"] == "ppo-v1", reward
     assert isinstance(reward["score"], float) and reward["score"] == reward["score"]  # a number (not NaN)
+
+
+def test_second_family_full_finetune_ppo_on_a_reward_function(tmp_path, family_checkpoint):
+    """Qwen2 family (padded vocabulary, tied embeddings), full fine-tuning: PPO on `module:function` rewards with
+    chat-message prompts, export fitting nothing (the PPO critic is the head), value slots from padded rows, and
+    eval + gate judged by the same function."""
+    base = family_checkpoint("qwen2", value_head=None)
+    prompts = _jsonl(tmp_path / "prompts.jsonl", [{"prompt": [{"role": "user", "content": e.prompt}]}
+                                                  for e in T.make_examples(12, seed=5)])
+    assert train(["ppo", "--base", str(base), "--reward", "training.task:oracle_rewards", "--prompts", str(prompts),
+                  "--iterations", "2", "--batch-size", "4", "--max-new-tokens", "8", "--out", str(tmp_path / "ppo")]) == 0
+    m = json.loads((tmp_path / "ppo" / "metrics.json").read_text())
+    assert m["lora"] is None and 0 <= m["last_5_iters"]["reward"] <= 1
+    assert train(["export", "--policy", str(tmp_path / "ppo"), "--version", "q", "--reward",
+                  "training.task:oracle_rewards", "--out", str(tmp_path / "versions")]) == 0
+    cfg = json.loads((tmp_path / "versions" / "q" / "config.json").read_text())
+    from transformers import AutoTokenizer
+
+    tok_len = len(AutoTokenizer.from_pretrained(str(base)))
+    slots = cfg["aligngate"]["value_slots"]
+    assert cfg["architectures"] == ["Qwen2ForCausalLM"]
+    assert tok_len <= min(slots["a"], slots["b"]) < cfg["vocab_size"]  # padded rows the tokenizer never produces
+    assert train(["eval", "--candidate", str(tmp_path / "ppo"), "--incumbent", str(base), "--prompts", str(prompts),
+                  "--reward", "training.task:oracle_rewards", "--max-new-tokens", "8", "--out",
+                  str(tmp_path / "eval")]) == 0
+    ev = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert ev["n_prompts"] == 12 and "decisive" in ev["win_rate_rm"] and "kl_to_reference" in ev["candidate"]
+    assert train(["gate", "--eval", str(tmp_path / "eval" / "eval.json"), "--out", str(tmp_path / "gate")]) in (0, 3)
+    verdict = json.loads((tmp_path / "gate" / "verdict.json").read_text())
+    assert verdict["verdict"] in ("PASS", "FAIL") and verdict["judge"] == "oracle"
