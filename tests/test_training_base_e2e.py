@@ -117,3 +117,19 @@ def test_second_family_full_finetune_ppo_on_a_reward_function(tmp_path, family_c
     assert train(["gate", "--eval", str(tmp_path / "eval" / "eval.json"), "--out", str(tmp_path / "gate")]) in (0, 3)
     verdict = json.loads((tmp_path / "gate" / "verdict.json").read_text())
     assert verdict["verdict"] in ("PASS", "FAIL") and verdict["judge"] == "oracle"
+
+
+def test_distill_across_sizes_in_the_family(trained, tmp_path):
+    """--student-config: the teacher's config with one layer, same tokenizer, trained on the teacher's answers."""
+    from transformers import AutoConfig
+
+    out = tmp_path / "student"
+    assert train(["distill", "--teacher", str(trained / "sft"), "--student-config", '{"num_hidden_layers": 1}',
+                  "--fast", "--steps", "2", "--batch-size", "4", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["param_ratio"] < 1 and m["n_initialised_tensors"] > 0 and m["n_kd_rows"] > 0
+    assert AutoConfig.from_pretrained(str(out)).num_hidden_layers == 1
+    assert (out / "tokenizer.json").read_text() == (trained / "sft" / "tokenizer.json").read_text()
+    with pytest.raises(SystemExit, match="vocab_size"):
+        train(["distill", "--teacher", str(trained / "sft"), "--student-config", '{"vocab_size": 10}',
+               "--out", str(tmp_path / "bad")])

@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "runs/distill")
     p.add_argument("--teacher", type=Path, required=True)
     p.add_argument("--student-size", default="micro")
+    p.add_argument("--student-config", help="a --base teacher: JSON object of config fields to shrink, inline or a "
+                   "file, e.g. '{\"num_hidden_layers\": 1}' (same family and tokenizer)")
+    p.add_argument("--prompts", type=Path, help="prompts the teacher answers (default: the default task's)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--lr", type=float)
+    _base(p)
 
     p = sub.add_parser("eval", help="candidate vs incumbent: oracle and RM win rates with CIs, KL, length, ...")
     _common(p, "runs/eval")
@@ -387,6 +393,20 @@ def main(argv: list[str] | None = None) -> int:
     elif args.stage == "distill":
         from training import distill as DI
 
+        if args.student_config:
+            from training import task as T
+
+            _check_base(args.teacher)
+            prompts = _rollout_prompts(args) or T.make_prompts(256, seed=args.seed + 77)
+            steps = args.steps or (10 if fast else 200)
+            bcfg = DI.BaseDistillConfig(steps=steps, batch_size=args.batch_size or 8, lr=args.lr or 5e-4,
+                                        n_samples=32 if fast else 512, max_new_tokens=16 if fast else 64,
+                                        seed=args.seed, lora=_lora(args), save_every=args.save_every,
+                                        resume=args.resume)
+            res = DI.run_base(out, args.teacher, args.student_config, prompts, bcfg)
+            summary = {k: v for k, v in res.items() if not isinstance(v, (list, dict))}
+            print(json.dumps(C.to_jsonable(summary), indent=2, default=str)[:3000])
+            return 0
         cfg = DI.DistillConfig(student_size=args.student_size, seed=args.seed,
                                **({"warmup_steps": 150, "steps": 60, "eval_prompts": 128} if fast else {}))
         res = DI.run(out, args.teacher, cfg)
