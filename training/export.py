@@ -51,11 +51,11 @@ def export_version(policy_dir: str | Path, versions_dir: str | Path, version: st
         tk.save_tokenizer(dst)
     vh_info: dict = {"file": VALUE_HEAD_FILE}
     if has_value_head(src):
-        (dst / VALUE_HEAD_FILE).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / VALUE_HEAD_FILE, dst / VALUE_HEAD_FILE)
         from kernels.value_head import load_value_head
 
-        save_value_head(load_value_head(dst), dst)  # (re)register in config.json
+        # read wherever the head is (aligngate's file, or a trainer's layout inside the weights), written in TRL
+        # layout to value_head/ and registered in config.json
+        save_value_head(load_value_head(src), dst)
         vh_info["source"] = value_source or "trained with the policy (PPO critic)"
     elif value_reward_fn is not None:
         from training.base import load_causal_lm
