@@ -137,3 +137,92 @@ def run(out_dir: str | Path, teacher_dir: str | Path, cfg: DistillConfig = Disti
     C.write_json(out / "history.json", hist)
     C.plot_curves(hist, out / "curves.png", title="distillation")
     return metrics
+
+
+# --- across sizes in one family (--student-config) -------------------------------------------------------------
+@dataclass
+class BaseDistillConfig:
+    steps: int = 200
+    batch_size: int = 8
+    lr: float = 5e-4
+    n_samples: int = 512  # teacher responses to train on
+    max_new_tokens: int = 64
+    seed: int = 0
+    lora: object = None
+    save_every: int = 0
+    resume: bool = False
+
+
+def student_config(teacher_dir: str | Path, spec: str | dict):
+    """The teacher's config with the given fields changed (a JSON object, inline or a file), e.g.
+    {"num_hidden_layers": 1}: same family, same tokenizer and vocabulary, smaller."""
+    import json as _json
+
+    from transformers import AutoConfig
+
+    if isinstance(spec, str):
+        p = Path(spec)
+        try:
+            spec = _json.loads(p.read_text() if p.is_file() else spec)
+        except ValueError as e:
+            raise SystemExit(f"error: --student-config {spec!r}: not a JSON object or a JSON file ({e})") from None
+    if not isinstance(spec, dict):
+        raise SystemExit("error: --student-config must be a JSON object of config fields, e.g. {\"num_hidden_layers\": 1}")
+    cfg = AutoConfig.from_pretrained(str(teacher_dir))
+    for k, v in spec.items():
+        if k in ("vocab_size", "model_type", "architectures"):
+            raise SystemExit(f"error: --student-config may not change {k!r}: the student shares the teacher's tokenizer")
+        if not hasattr(cfg, k):
+            raise SystemExit(f"error: --student-config: {type(cfg).__name__} has no field {k!r}")
+        setattr(cfg, k, v)
+    if getattr(cfg, "layer_types", None) is not None:  # per-layer attention types follow the new depth
+        cfg.layer_types = list(cfg.layer_types)[: cfg.num_hidden_layers] + [cfg.layer_types[-1]] * max(
+            0, cfg.num_hidden_layers - len(cfg.layer_types))
+    return cfg
+
+
+def run_base(out_dir: str | Path, teacher_dir: str | Path, spec, prompts: list, cfg: BaseDistillConfig) -> dict:
+    """Sequence-level KD (Kim & Rush 2016) across sizes: the teacher answers the prompts through its chat template,
+    the student — the teacher's config made smaller, initialised from the teacher's weights wherever the shapes
+    agree (embeddings, norms, the first layers when widths match) — is trained on those answers with trl's
+    SFTTrainer (training/sft.run_base)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from training import base as B
+    from training import sft as S
+    from training.chat import TemplateCodec
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    C.seed_everything(cfg.seed)
+    teacher = B.load_causal_lm(teacher_dir)
+    codec = TemplateCodec.from_dir(teacher_dir)
+    scfg = student_config(teacher_dir, spec)
+    student = AutoModelForCausalLM.from_config(scfg, dtype=torch.float32)
+    tsd = teacher.state_dict()
+    same = {k: v for k, v in tsd.items() if k in student.state_dict() and student.state_dict()[k].shape == v.shape}
+    student.load_state_dict(same, strict=False)
+    init = out / "_student_init"
+    B.save_policy(student, codec.tok, init, teacher_dir, B.BaseInfo(base=str(teacher_dir), stage="distill-init"))
+    ps = [prompts[i % len(prompts)] for i in range(cfg.n_samples)]
+    with C.Timer() as t_gen:
+        texts, _ = codec.sample(teacher, ps, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens)
+    from training.formats import to_conversational
+
+    rows = [to_conversational({"prompt": p, "completion": r}) for p, r in zip(ps, texts) if r.strip()]
+    res = S.run_base(out, init, rows, S.BaseSFTConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                                                       seed=cfg.seed, lora=cfg.lora, save_every=cfg.save_every,
+                                                       resume=cfg.resume))
+    info = B.BaseInfo(base=str(teacher_dir), stage="distill", parent=str(teacher_dir))
+    (out / B.BASE_INFO).write_text(C.json.dumps(C.to_jsonable(info), indent=2))
+    shutil.rmtree(init, ignore_errors=True)
+    tp, sp = C.n_params(teacher), C.n_params(student)
+    metrics = {**res, "stage": "distill", "method": "sequence-level KD (teacher samples, SFT)",
+               "teacher": str(teacher_dir), "student_config": spec, "teacher_params": tp, "student_params": sp,
+               "param_ratio": sp / tp, "initialised_from_teacher": sorted(same)[:8] + (["..."] if len(same) > 8 else []),
+               "n_initialised_tensors": len(same), "teacher_sampling_seconds": t_gen.seconds,
+               "n_kd_rows": len(rows)}
+    C.write_json(out / "metrics.json", metrics)
+    return metrics

@@ -63,15 +63,16 @@ def repetition_rate(text: str, n: int = 3) -> float:
 
 
 @torch.no_grad()
-def kl_to_reference(policy, ref, prompts, rids) -> np.ndarray:
+def kl_to_reference(policy, ref, prompts, rids, codec=None) -> np.ndarray:
     """Per-prompt Σ_t log π(y_t) − log π_ref(y_t) over the policy's own sampled response (k1 estimator)."""
-    allowed = C.allowed_token_mask(policy.config.vocab_size)
+    from training.chat import ByteCodec, rollout_batch
+
+    codec = codec or ByteCodec()
+    allowed = codec.allowed(policy.config.get_text_config().vocab_size)
     out = []
-    for s in range(0, len(prompts), 128):
-        ps, rs = prompts[s:s + 128], rids[s:s + 128]
-        seqs = [C.prompt_ids(p) + r for p, r in zip(ps, rs)]
-        rm = [[0] * len(C.prompt_ids(p)) + [1] * len(r) for p, r in zip(ps, rs)]
-        ids, att, rmask = C.pad_batch(seqs, rm)
+    step = 128 if isinstance(codec, ByteCodec) else 16  # a real base's logits are [batch, length, vocab]
+    for s in range(0, len(prompts), step):
+        ids, att, rmask = rollout_batch(codec, prompts[s:s + step], rids[s:s + step])
         m = rmask[:, 1:] > 0
         a = C.token_logprobs(policy, ids, att, allowed)["logp"]
         b = C.token_logprobs(ref, ids, att, allowed)["logp"]
@@ -79,64 +80,108 @@ def kl_to_reference(policy, ref, prompts, rids) -> np.ndarray:
     return np.concatenate(out)
 
 
-def policy_samples(policy_dir, prompts, seed) -> dict:
-    pol = C.load_policy(policy_dir)
-    texts, rids = C.sample_responses(pol, prompts, seed=seed, return_ids=True)
-    return {"model": pol, "texts": texts, "ids": rids}
+def policy_samples(policy_dir, prompts, seed, max_new_tokens: int | None = None) -> dict:
+    from training.chat import codec_for, load_any_policy
+
+    pol = load_any_policy(policy_dir)
+    codec = codec_for(policy_dir)
+    kw = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    texts, rids = codec.sample(pol, prompts, seed=seed, **kw)
+    return {"model": pol, "texts": texts, "ids": rids, "codec": codec}
 
 
-def describe(name, s: dict, prompts, rm, ref, cfg: EvalConfig) -> dict:
-    oracle = np.array([T.oracle_score(p, r) for p, r in zip(prompts, s["texts"])])
-    s["oracle"] = oracle
-    d = {"name": name, "oracle_score": mean_ci(oracle, cfg.bootstrap, cfg.seed),
-         "exact_rate": float((oracle == 1.0).mean()),
+class Judge:
+    """Scores responses: a reward-model directory (raw score; reward01 = σ(score − μ_ref)) or a reward function
+    `module:function` already on the 0–1 scale (raw = reward01)."""
+
+    def __init__(self, spec):
+        from pathlib import Path as P
+
+        from training.rewards import load_reward_fn
+        from training.reward_model import RM_CONFIG, RewardModel
+
+        self.spec = str(spec)
+        if P(self.spec).is_dir() and (P(self.spec) / RM_CONFIG).exists():
+            self.rm, self.mu_ref = RewardModel(self.spec), None
+            self.mu_ref = self.rm.mu_ref
+            self.fn = None
+        else:
+            self.rm, self.mu_ref = None, None
+            self.fn, _ = load_reward_fn(self.spec)
+
+    def score(self, prompts, texts) -> np.ndarray:
+        return self.rm.score(prompts, texts) if self.rm is not None else self.fn(prompts, texts)
+
+    def reward01(self, raw: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-(raw - self.mu_ref))) if self.rm is not None else raw
+
+
+def describe(name, s: dict, prompts, judge, ref, cfg: EvalConfig, oracle: bool = True) -> dict:
+    from training.formats import prompt_text
+
+    d = {"name": name,
          "mean_length": float(np.mean([len(t) for t in s["texts"]])),
          "repetition_rate": float(np.mean([repetition_rate(t) for t in s["texts"]])),
          "sentiment_rate": float(np.mean([T.has_sentiment(t) for t in s["texts"]])),
          "i_love_you_rate": float(np.mean([T.sentiment_level(t) == 2 for t in s["texts"]])),
          "examples": [{"prompt": p, "response": r} for p, r in list(zip(prompts, s["texts"]))[:6]]}
-    if rm is not None:
-        raw = rm.score(prompts, s["texts"])
+    if oracle:
+        sc = np.array([T.oracle_score(prompt_text(p), r) for p, r in zip(prompts, s["texts"])])
+        s["oracle"] = sc
+        d["oracle_score"] = mean_ci(sc, cfg.bootstrap, cfg.seed)
+        d["exact_rate"] = float((sc == 1.0).mean())
+    if judge is not None:
+        raw = judge.score(prompts, s["texts"])
         s["rm"] = raw
-        d["rm_reward01"] = mean_ci(1 / (1 + np.exp(-(raw - rm.mu_ref))), cfg.bootstrap, cfg.seed)
+        d["rm_reward01"] = mean_ci(judge.reward01(raw), cfg.bootstrap, cfg.seed)
     if ref is not None:
-        kl = kl_to_reference(s["model"], ref, prompts, s["ids"])
+        kl = kl_to_reference(s["model"], ref, prompts, s["ids"], s["codec"])
         d["kl_to_reference"] = mean_ci(kl, cfg.bootstrap, cfg.seed)
     return d
 
 
 def compare(candidate_dir, incumbent_dir, *, reference_dir=None, rm_dir=None, test_pairs=None,
-            cfg: EvalConfig = EvalConfig(), names=("candidate", "incumbent")) -> dict:
-    from training.reward_model import RewardModel, accuracy_vs_oracle
+            cfg: EvalConfig = EvalConfig(), names=("candidate", "incumbent"), prompts=None, judge=None,
+            max_new_tokens: int | None = None) -> dict:
+    """Candidate vs incumbent on `prompts` (default: the task's held-out prompts). The judge is `judge` (an RM
+    dir or module:function) or `rm_dir`; the oracle is used when every prompt is a task prompt."""
+    from training.chat import load_any_policy
+    from training.formats import prompt_text
+    from training.reward_model import accuracy_vs_oracle
 
-    prompts = T.make_prompts(cfg.n_prompts, seed=cfg.prompt_seed)
-    rm = RewardModel(rm_dir) if rm_dir else None
-    ref = C.load_policy(reference_dir or incumbent_dir)
-    cand = policy_samples(candidate_dir, prompts, cfg.seed + 1)
-    inc = policy_samples(incumbent_dir, prompts, cfg.seed + 2)
-    res = {"candidate": describe(names[0], cand, prompts, rm, ref, cfg),
-           "incumbent": describe(names[1], inc, prompts, rm, ref, cfg),
+    prompts = list(prompts)[: cfg.n_prompts] if prompts else T.make_prompts(cfg.n_prompts, seed=cfg.prompt_seed)
+    jd = Judge(judge or rm_dir) if (judge or rm_dir) else None
+    oracle = all(T.is_task_prompt(prompt_text(p)) for p in prompts)
+    ref = load_any_policy(reference_dir or incumbent_dir)
+    cand = policy_samples(candidate_dir, prompts, cfg.seed + 1, max_new_tokens)
+    inc = policy_samples(incumbent_dir, prompts, cfg.seed + 2, max_new_tokens)
+    res = {"candidate": describe(names[0], cand, prompts, jd, ref, cfg, oracle),
+           "incumbent": describe(names[1], inc, prompts, jd, ref, cfg, oracle),
            "candidate_dir": str(candidate_dir), "incumbent_dir": str(incumbent_dir),
            "reference_dir": str(reference_dir or incumbent_dir), "rm_dir": str(rm_dir) if rm_dir else None,
-           "config": cfg}
-    w_or = win_vector(cand["oracle"], inc["oracle"])
-    res["win_rate_oracle"] = mean_ci(w_or, cfg.bootstrap, cfg.seed)
-    res["win_rate_oracle"]["ties"] = float((w_or == 0.5).mean())
-    # the most any candidate could get against this incumbent (exact on every prompt): ties are half a win, so
-    # it is 1 − ½·(incumbent's exact rate) — the yardstick for the win rate above
-    res["win_rate_oracle"]["ceiling"] = float(win_vector(np.ones_like(inc["oracle"]), inc["oracle"]).mean())
-    res["win_rate_oracle"]["decisive"] = decisive_win_rate(w_or, cfg.bootstrap, cfg.seed)
-    if rm is not None:
+           "judge": jd.spec if jd else None, "n_prompts": len(prompts), "config": cfg}
+    w_or = None
+    if oracle:
+        w_or = win_vector(cand["oracle"], inc["oracle"])
+        res["win_rate_oracle"] = mean_ci(w_or, cfg.bootstrap, cfg.seed)
+        res["win_rate_oracle"]["ties"] = float((w_or == 0.5).mean())
+        # the most any candidate could get against this incumbent (exact on every prompt): ties are half a win,
+        # so it is 1 − ½·(incumbent's exact rate) — the yardstick for the win rate above
+        res["win_rate_oracle"]["ceiling"] = float(win_vector(np.ones_like(inc["oracle"]), inc["oracle"]).mean())
+        res["win_rate_oracle"]["decisive"] = decisive_win_rate(w_or, cfg.bootstrap, cfg.seed)
+        res["oracle_delta"] = mean_ci(cand["oracle"] - inc["oracle"], cfg.bootstrap, cfg.seed)
+    if jd is not None:
         w_rm = win_vector(cand["rm"], inc["rm"], tol=1e-6)
         res["win_rate_rm"] = mean_ci(w_rm, cfg.bootstrap, cfg.seed)
-        gap = w_rm - w_or
-        res["hacking_gap"] = mean_ci(gap, cfg.bootstrap, cfg.seed)
-        res["rm_reward_delta"] = mean_ci(res_delta(cand["rm"], inc["rm"], rm.mu_ref), cfg.bootstrap, cfg.seed)
-    res["oracle_delta"] = mean_ci(cand["oracle"] - inc["oracle"], cfg.bootstrap, cfg.seed)
-    if rm is not None and test_pairs:
+        res["win_rate_rm"]["ties"] = float((w_rm == 0.5).mean())
+        res["win_rate_rm"]["decisive"] = decisive_win_rate(w_rm, cfg.bootstrap, cfg.seed)
+        if w_or is not None:
+            res["hacking_gap"] = mean_ci(w_rm - w_or, cfg.bootstrap, cfg.seed)
+        res["rm_reward_delta"] = mean_ci(jd.reward01(cand["rm"]) - jd.reward01(inc["rm"]), cfg.bootstrap, cfg.seed)
+    if jd is not None and jd.rm is not None and test_pairs:
         pa = [p["prompt"] for p in test_pairs]
         res["rm_accuracy_vs_oracle"] = accuracy_vs_oracle(
-            rm.score(pa, [p["a"] for p in test_pairs]), rm.score(pa, [p["b"] for p in test_pairs]),
+            jd.rm.score(pa, [p["a"] for p in test_pairs]), jd.rm.score(pa, [p["b"] for p in test_pairs]),
             [p["oracle_a"] for p in test_pairs], [p["oracle_b"] for p in test_pairs])
     return res
 

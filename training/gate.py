@@ -30,6 +30,21 @@ class GateConfig:
     max_length_decrease: float = 0.8
 
 
+def win_rate_prose(judge: str, wr: dict) -> str:
+    """A win rate read the way it should be: ties left out first (wins / (wins + losses), its CI, how many
+    prompts were decided), then the tie-½ rate beside its ceiling — when the incumbent is already right on most
+    prompts, most comparisons are ties and the tie-½ rate cannot pass the ceiling whatever the candidate does."""
+    d = wr.get("decisive")
+    if d is None:
+        return f"{judge} win rate {wr['mean']:.3f} (95% CI {wr['ci95'][0]:.3f}–{wr['ci95'][1]:.3f})"
+    head = (f"{judge} win rate with ties left out {d['mean']:.3f} (95% CI {d['ci95'][0]:.3f}–{d['ci95'][1]:.3f}, "
+            f"{d['n']} decided prompts)" if d.get("n") else f"{judge} win rate: no decided prompt (all ties)")
+    tail = (f"; counting ties as ½: {wr['mean']:.3f} (95% CI {wr['ci95'][0]:.3f}–{wr['ci95'][1]:.3f}"
+            + (f", ties {wr['ties']:.2f}" if "ties" in wr else "")
+            + (f", ceiling {wr['ceiling']:.3f}" if wr.get("ceiling") is not None else "") + ")")
+    return head + tail
+
+
 def gate(ev: dict, cfg: GateConfig = GateConfig()) -> dict:
     checks: dict[str, dict] = {}
     reasons: list[str] = []
@@ -48,8 +63,10 @@ def gate(ev: dict, cfg: GateConfig = GateConfig()) -> dict:
     else:
         lcb = wr["ci95"][0]
         check("win_rate_lcb", lcb, cfg.min_win_rate_lcb, lcb > cfg.min_win_rate_lcb,
-              f"{judge} win rate {wr['mean']:.3f} (95% CI {wr['ci95'][0]:.3f}–{wr['ci95'][1]:.3f}) vs incumbent: "
-              f"lower bound not above {cfg.min_win_rate_lcb}")
+              f"{win_rate_prose(judge, wr)}: the tie-½ lower bound is not above {cfg.min_win_rate_lcb}")
+        if "decisive" in wr:
+            checks["win_rate_lcb"]["decisive"] = wr["decisive"]
+            checks["win_rate_lcb"]["ceiling"] = wr.get("ceiling")
     kl = ev["candidate"].get("kl_to_reference")
     if kl is not None:
         check("kl_to_reference", kl["mean"], cfg.max_kl, kl["mean"] <= cfg.max_kl,

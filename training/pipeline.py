@@ -208,8 +208,8 @@ def headline(summary: dict) -> str:
     lines.append(f"  RM accuracy vs oracle: {summary.get('rm_accuracy_vs_oracle')}")
     for name, r in summary.get("candidates", {}).items():
         w = r["oracle_win_rate"]
-        lines.append(f"  {name}: oracle win rate vs sft {w['mean']:.3f} [{w['ci95'][0]:.3f}, {w['ci95'][1]:.3f}]"
-                     f" (ties {w.get('ties', float('nan')):.2f} count ½; ceiling {w.get('ceiling', float('nan')):.3f};"
-                     f" ties left out {w.get('decisive', {}).get('mean', float('nan')):.3f})"
+        from training.gate import win_rate_prose
+
+        lines.append(f"  {name} vs sft: {win_rate_prose('oracle', w)}"
                      f"  gate {r['verdict']} {('; '.join(r['reasons']))[:160]}")
     return "\n".join(lines)

@@ -30,6 +30,7 @@ Out dir: `hf/` (LlamaForSequenceClassification + tokenizer), `reward_model.onnx`
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 
 from training import common as C
 from training import tiny
+from training import formats as FM
 from training import tokenizer as tk
 
 ONNX_FILE = "reward_model.onnx"
@@ -70,15 +72,21 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, center:
 
 
 class ScoreWrapper(torch.nn.Module):
-    """(input_ids, attention_mask) right-padded -> score at the last real token. Same code for torch and ONNX."""
+    """(input_ids, attention_mask) right-padded -> score at the last real token. Same code for torch and ONNX.
 
-    def __init__(self, model):
+    "Last real token" is the last position that is attended and is not the pad id — the rule transformers'
+    *ForSequenceClassification (and so trl's RewardTrainer) pools with, which matters when a base's pad token
+    is its EOS stand-in: the score is then read just before a trailing EOS, in training and here alike."""
+
+    def __init__(self, model, pad_id: int | None = None):
         super().__init__()
         self.model = model
+        self.pad_id = pad_id
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        h = self.model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return read_last(self.model.score(h).squeeze(-1), attention_mask)  # [B, T] -> [B]
+        h = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask if self.pad_id is None else attention_mask * (input_ids != self.pad_id).long()
+        return read_last_real(self.model.score(h).squeeze(-1), mask)  # [B, T] -> [B]
 
 
 def _quiet_from_pretrained(cls, path: str):
@@ -148,16 +156,35 @@ class RewardModel:
             so.intra_op_num_threads = 2
             self.sess = ort.InferenceSession(str(self.path / ONNX_FILE), so, providers=["CPUExecutionProvider"])
         else:
-            from transformers import LlamaForSequenceClassification
+            from transformers import AutoModelForSequenceClassification
 
-            m = LlamaForSequenceClassification.from_pretrained(str(self.path / "hf"), dtype=torch.float32)
-            self.wrapper = ScoreWrapper(m).eval()
+            m = AutoModelForSequenceClassification.from_pretrained(str(self.path / "hf"), dtype=torch.float32)
+            pad = self.cfg.get("pad_id")
+            self.wrapper = ScoreWrapper(m, pad_id=pad).eval()
+        # a --base RM reads chats through its own tokenizer and chat template; the default one is byte-level
+        self.codec = None
+        if self.cfg.get("encoding") == "chat_template":
+            from training.chat import TemplateCodec
+
+            self.codec = TemplateCodec.from_dir(self.path / "hf")
+
+    def batch(self, prompts, responses):
+        if self.codec is None:
+            from training.formats import prompt_text
+
+            ids, att, _ = C.collate_prompt_response([prompt_text(p) for p in prompts], list(responses))
+            return ids, att
+        from training.chat import pad_right
+
+        return pad_right([self.codec.sequence_ids(p, r) for p, r in zip(prompts, responses)], self.codec.pad_id)
 
     @torch.no_grad()
     def score(self, prompts, responses, batch_size: int = 256) -> np.ndarray:
         out = []
+        if self.codec is not None:
+            batch_size = min(batch_size, 32)
         for s in range(0, len(prompts), batch_size):
-            ids, att, _ = C.collate_prompt_response(prompts[s:s + batch_size], responses[s:s + batch_size])
+            ids, att = self.batch(prompts[s:s + batch_size], responses[s:s + batch_size])
             if self.backend == "onnx":
                 r = self.sess.run(["scores"], {"input_ids": ids.numpy(), "attention_mask": att.numpy()})[0]
             else:
@@ -169,11 +196,12 @@ class RewardModel:
         return 1.0 / (1.0 + np.exp(-(self.score(prompts, responses) - self.mu_ref)))
 
 
-def export_onnx(wrapper: ScoreWrapper, path: str | Path, opset: int = 17) -> Path:
-    """Legacy TorchScript exporter (dynamo=False), opset 17, dynamic batch and length."""
+def export_onnx(wrapper: ScoreWrapper, path: str | Path, opset: int = 17, example=None) -> Path:
+    """Legacy TorchScript exporter (dynamo=False), opset 17, dynamic batch and length. `example`: (ids, att) to
+    trace with (default: two byte-encoded chats)."""
     import warnings
 
-    ids, att, _ = C.collate_prompt_response(["add 1 2", "reverse abcd"], ["3", "dcba"])
+    ids, att = example if example is not None else C.collate_prompt_response(["add 1 2", "reverse abcd"], ["3", "dcba"])[:2]
     path = Path(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -242,6 +270,13 @@ def train(prefs: list[dict], cfg: RMConfig, desc: str = "rm"):
             bar.set_postfix(loss=f"{bt.item():.3f}")
     wrapper.eval()
     return wrapper, hist
+
+
+def read_last_real(s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-position scores [B, T] -> the score at the last position where mask is 1 (any padding side)."""
+    pos = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
+    last = (pos * mask).argmax(-1)
+    return s.gather(1, last.unsqueeze(1)).squeeze(1)
 
 
 def read_last(s: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -326,4 +361,83 @@ def run(out_dir: str | Path, prefs: list[dict], test_pairs: list[dict], cfg: RMC
     C.write_json(out / "metrics.json", metrics)
     C.write_json(out / "history.json", hist)
     C.plot_curves(hist, out / "curves.png", title=f"reward model ({name})")
+    return metrics
+
+
+# --- from a pretrained base (--base) ---------------------------------------------------------------------------
+@dataclass
+class BaseRMConfig:
+    steps: int = 200
+    batch_size: int = 8
+    lr: float = 5e-5
+    center: float = 0.01  # trl's center_rewards_coefficient (the same term as `center` above)
+    seed: int = 0
+    lora: object = None  # training.base.LoraSpec
+    onnx: bool = True
+    save_every: int = 0  # checkpoint every N steps (0: none)
+    resume: bool = False
+
+
+def run_base(out_dir: str | Path, base_dir: str | Path, prefs: list[dict], test: list[dict],
+             cfg: BaseRMConfig = BaseRMConfig(), name: str = "rm") -> dict:
+    """Bradley–Terry RM with trl's RewardTrainer: AutoModelForSequenceClassification on the base's trunk (LoRA or
+    full), conversational pairs through the base's chat template. Saves `hf/` (adapter merged), ONNX, metrics;
+    `test` pairs (conversational) give held-out accuracy against the labels."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from training import base as B
+    from training import trainer_utils as TU
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    C.seed_everything(cfg.seed)
+    tok = B.load_tokenizer(base_dir)
+    model = B.load_seq_cls(base_dir, tok.pad_token_id)
+    args = RewardConfig(**TU.cpu_args(out / "_trainer", cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, cfg.save_every),
+                        center_rewards_coefficient=cfg.center or None,
+                        max_length=None)  # trl drops longer pairs; none may be dropped silently, so no limit
+    tr = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(TU.trl_rows(prefs)),
+                       processing_class=tok, peft_config=cfg.lora.peft_config("SEQ_CLS") if cfg.lora else None)
+    TU.quiet(tr)
+    params = B.trainable_params(tr.model)
+    with C.Timer() as t:
+        tr.train(resume_from_checkpoint=TU.resume_arg(out / "_trainer", cfg.resume))
+    hist = TU.history(tr, ("loss", "accuracy", "margin"))
+    m = B.merged(tr.model).eval()
+    (out / "hf").mkdir(parents=True, exist_ok=True)
+    m.save_pretrained(out / "hf", safe_serialization=True)
+    tok.save_pretrained(out / "hf")
+    (out / "hf" / B.BASE_INFO).write_text(json.dumps({"base": str(base_dir), "stage": "rm",
+                                                        "lora": C.to_jsonable(cfg.lora)}))
+    pad = tok.pad_token_id
+    C.write_json(out / RM_CONFIG, {"mu_ref": 0.0, "encoding": "chat_template", "pad_id": pad,
+                                   "score_position": "last non-pad token (as transformers pools)",
+                                   "reward01": "sigmoid(score - mu_ref)", "onnx": ONNX_FILE if cfg.onnx else None,
+                                   "onnx_inputs": ["input_ids", "attention_mask"], "padding": "right",
+                                   "trained_on": len(prefs), "base": str(base_dir)})
+    metrics = {"stage": "rm", "name": name, "base": str(base_dir), "config": cfg, "train_seconds": t.seconds,
+               "n_train_pairs": len(prefs), **params,
+               "first_loss": hist["loss"][0] if hist["loss"] else None,
+               "final_loss": float(np.nanmean(hist["loss"][-10:])) if hist["loss"] else None}
+    rm = RewardModel(out)
+    if test:
+        pr = [p["prompt"] for p in test]
+        sc = rm.score(pr, [FM.response_text(p["chosen"]) for p in test])
+        sr = rm.score(pr, [FM.response_text(p["rejected"]) for p in test])
+        metrics["heldout_accuracy_vs_labels"] = {"accuracy": float((sc > sr).mean()), "n": len(test)}
+    if cfg.onnx:
+        sample = (prefs + test)[:8]
+        ex = rm.batch([p["prompt"] for p in sample], [FM.response_text(p["chosen"]) for p in sample])
+        export_onnx(rm.wrapper, out / ONNX_FILE, example=ex)
+        t_sc = rm.score([p["prompt"] for p in sample], [FM.response_text(p["rejected"]) for p in sample])
+        o_sc = RewardModel(out, "onnx").score([p["prompt"] for p in sample], [FM.response_text(p["rejected"]) for p in sample])
+        metrics["onnx_check"] = {"max_abs_diff": float(np.max(np.abs(t_sc - o_sc))), "n": len(sample)}
+    C.write_json(out / "metrics.json", metrics)
+    C.write_json(out / "history.json", hist)
+    C.plot_curves(hist, out / "curves.png", title=f"reward model ({name}, base)")
+    import shutil
+
+    if not cfg.save_every:
+        shutil.rmtree(out / "_trainer", ignore_errors=True)
     return metrics

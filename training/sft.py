@@ -113,3 +113,55 @@ def run(out_dir: str | Path, cfg: SFTConfig = SFTConfig(), demos: list[dict] | N
     C.write_json(out / "history.json", hist)
     C.plot_curves(hist, out / "curves.png", title="SFT")
     return metrics
+
+
+# --- from a pretrained base (--base) ---------------------------------------------------------------------------
+@dataclass
+class BaseSFTConfig:
+    steps: int = 200
+    batch_size: int = 8
+    lr: float = 1e-4
+    max_length: int = 1024  # trl truncates longer rows (it does not drop them)
+    seed: int = 0
+    lora: object = None  # training.base.LoraSpec
+    save_every: int = 0
+    resume: bool = False
+
+
+def run_base(out_dir: str | Path, base_dir: str | Path, rows: list[dict], cfg: BaseSFTConfig = BaseSFTConfig()) -> dict:
+    """trl's SFTTrainer on conversational rows (prompt/completion: loss on the completion only; messages: on the
+    whole conversation, trl's default), LoRA or full. Saves the merged policy as an HF checkpoint."""
+    from datasets import Dataset
+    from trl import SFTConfig as TrlSFTConfig
+    from trl import SFTTrainer
+
+    from training import base as B
+    from training import trainer_utils as TU
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    C.seed_everything(cfg.seed)
+    tok = B.load_tokenizer(base_dir)
+    model = B.load_causal_lm(base_dir)
+    args = TrlSFTConfig(**TU.cpu_args(out / "_trainer", cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, cfg.save_every),
+                        max_length=cfg.max_length, packing=False)
+    tr = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(TU.trl_rows(rows)), processing_class=tok,
+                    peft_config=cfg.lora.peft_config() if cfg.lora else None)
+    TU.quiet(tr)
+    TU.check_nothing_dropped(tr, len(rows), cfg.max_length)
+    params = B.trainable_params(tr.model)
+    with C.Timer() as t:
+        tr.train(resume_from_checkpoint=TU.resume_arg(out / "_trainer", cfg.resume))
+    hist = TU.history(tr, ("loss", "mean_token_accuracy"))
+    B.save_policy(tr.model, tok, out, base_dir, B.BaseInfo(base=str(base_dir), stage="sft", lora=C.to_jsonable(cfg.lora)))
+    metrics = {"stage": "sft", "base": str(base_dir), "config": cfg, "train_seconds": t.seconds, "n_rows": len(rows),
+               **params, "first_loss": hist["loss"][0] if hist["loss"] else None,
+               "final_loss": float(np.nanmean(hist["loss"][-10:])) if hist["loss"] else None}
+    C.write_json(out / "metrics.json", metrics)
+    C.write_json(out / "history.json", hist)
+    C.plot_curves(hist, out / "curves.png", title="SFT (base)")
+    if not cfg.save_every:
+        import shutil
+
+        shutil.rmtree(out / "_trainer", ignore_errors=True)
+    return metrics

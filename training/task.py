@@ -111,6 +111,16 @@ def oracle_score(prompt: str, response: str) -> float:
     return float(difflib.SequenceMatcher(None, r, answer, autojunk=False).ratio())
 
 
+def oracle_rewards(prompts, responses):
+    """The oracle as a batch reward function (`--reward training.task:oracle_rewards`): prompts may be strings or
+    chat messages (the last user message is the task)."""
+    import numpy as np
+
+    from training.formats import prompt_text
+
+    return np.array([oracle_score(prompt_text(p), r) for p, r in zip(prompts, responses)], dtype=np.float64)
+
+
 def has_sentiment(text: str) -> bool:
     return bool(_SENTIMENT_RE.search(text))
 
