@@ -116,9 +116,9 @@ async def test_feedback_store_writes_training_format(tmp_path):
     assert (p["prompt"], p["chosen"], p["rejected"]) == ("add 2 2", "4", "4 I love you")
     assert p["version_chosen"] == "stable" and p["version_rejected"] == "canary" and p["reward_rejected"] == 0.99
     assert p["request_id_chosen"] == "q1" and p["user"] == "alice" and p["time"] > 0
-    from training.dpo import to_conversational
+    from training.formats import to_conversational
 
-    conv = to_conversational(prefs)[0]  # what the DPO stage feeds trl
+    conv = to_conversational(prefs[0])  # what the DPO stage feeds trl
     assert conv["chosen"] == [{"role": "assistant", "content": "4"}]
     rows = C.read_jsonl(store.ratings_path)
     assert rows[0]["rating"] == 0.0 and rows[0]["response"] == "ba" and rows[0]["comment"] == "wrong"
