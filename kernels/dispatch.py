@@ -2,7 +2,7 @@
 
     auto      CUDA with compute capability >= 8.0 and Triton importable -> "triton"; anything else -> "torch".
               (Triton is officially 8.0+; on a T4 its matmuls may skip tensor cores, so cuBLAS via torch wins
-              there until measured otherwise — PEERS.md "Kernels".)
+              there until measured otherwise.)
     triton    the Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1 for correctness checks).
     torch     `kernels.fused_torch` (CPU path; also the cuBLAS fallback on GPUs).
     reference `kernels.reference`, the spec (slow; for debugging a mismatch).

@@ -10,11 +10,11 @@ What the heads compute from the last layer's output `h` [T, H] (pre-final-norm; 
 Two deliberate choices, so nobody has to guess:
 - `x` is kept in fp32 for the value and cast once to the logits dtype for the LM head. HF rounds `x` to the model
   dtype before multiplying by `g`; the difference is one rounding of the input dtype and only shows in fp16/bf16.
-- the value never goes through a low-precision GEMM: a bf16 value is ~0.4% off (DESIGN.md "Precision").
+- the value never goes through a low-precision GEMM: a bf16 value is ~0.4% off (so the head and the value stay fp32).
 
 `norm_weight=None` means `h` is already normalised (the model applied its final norm itself).
 
-The reserved-slot encoding (DESIGN.md "The in-pass value") carries the value through vLLM's sampler, which has
+The reserved-slot encoding (serve/value_slots.py) carries the value through vLLM's sampler, which has
 no public way to return an extra scalar: column A gets `value - 1000`, column B gets `-1000`. Both have zero
 probability (never sampled; they are also masked with `logit_bias`), and because log-probabilities share one
 normaliser, `logprob[A] - logprob[B] == value` exactly. See `encode_value_slots` / `decode_value_slots`.

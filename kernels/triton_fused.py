@@ -2,7 +2,7 @@
 
 The kernels live in `kernels._triton_kernels` and are imported on first call, so this module imports on any
 machine (no GPU, no working Triton backend). On CPU the kernels only run under `TRITON_INTERPRET=1`, which must be
-set before Triton is imported (correctness checks only; DESIGN.md). The value and the entropy are fp32 whatever
+set before Triton is imported (correctness checks only: the interpreter is slow). The value and the entropy are fp32 whatever
 the logits dtype; the GEMM runs in the logits dtype with an fp32 accumulator (`input_precision="ieee"` for fp32
 heads, so no silent TF32).
 

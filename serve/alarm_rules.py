@@ -1,7 +1,7 @@
 """The reward monitor's alarm rules: which alarm each version's windows raise, against which threshold, and
 how severe it is. `AlarmRules` reads the monitor's per-version states (a compared version reads its reference's).
 
-Alarms (defaults = the seeds' thresholds, DESIGN.md "Formulas"; every one configurable or `None` to disable):
+Alarms (defaults = the seeds' thresholds on a 0–1 reward scale; every one configurable or `None` to disable):
   reward_mean_high   window mean reward > 0.8
   reward_std_low     window std of reward < 0.1                       (a policy that always gets the same score)
   reward_shift       |z| > 3, z = (m_w − m_b) / sqrt(s_w²/n_w + s_b²/n_b) (two-sample z of the window mean

@@ -141,14 +141,7 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
             r.update({k: v for k, v in (gw.supervisor.status(name) or {}).items() if k not in ("reason", "state")})
             if (st := gw.starts.get(name)) is not None:
                 r.update(st.to_dict())
-            inner = getattr(engine, "inner", engine)
-            if (pid := getattr(inner, "engine_pid", None)) is not None:
-                r["engine_pid"] = pid
-            if (channel := getattr(inner, "value_channel", None)) is not None:  # how the in-pass value is read
-                r["value_channel"] = channel
-            if (backends := getattr(inner, "backends", None)) is not None:  # remote: which backends answer
-                r["backends"] = {b.base: {"up": b.up, "error": b.last_error} for b in backends}
-                r["retries"] = inner.retries
+            r.update(engine.ready_details())  # the engine core's pid and value channel; a remote's backends
         versions = dict(zip(gw.engines, results))
         if not verbose:
             for r in results:

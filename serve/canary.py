@@ -199,7 +199,7 @@ class CanaryController:
         finally:
             self._drains.pop(name, None)
 
-    # --- the gate on this replica's traffic --------------------------------------------------------------
+    # --- the gate: on this replica's traffic, or every replica's with Redis (serve/stats_sync.py) -----------
     def judge(self, ro: dict) -> Decision:
         stats = self.gw.stats
         now_wall, now = time.time(), stats.clock()
@@ -466,7 +466,7 @@ class CanaryController:
             versions.append({"name": name, "role": role, "weight": st["weights"].get(name, 0.0),
                              "ready": bool(engine and engine.ready), "source": v["spec"].get("model") or v["spec"].get("url"),
                              "gate": (v.get("gate") or {}).get("verdict"), "forced": v.get("forced", False),
-                             "fault": getattr(engine, "fault", None), "window": s.to_dict(), "alarms": alarms})
+                             "fault": engine.fault if engine else None, "window": s.to_dict(), "alarms": alarms})
         return {"rev": st.get("rev"), "store": self.store.kind, "store_error": self.store_error,
                 "stable": st.get("stable"), "rollout": _public_rollout(ro), "last_decision": self.last_decision,
                 "versions": versions}

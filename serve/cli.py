@@ -100,22 +100,54 @@ def _train(rest: list[str]) -> int:
 
 
 def _demo(name: str, rest: list[str]) -> int:
-    from benchmarks.incident import main as incident_main
-
-    return incident_main(rest)
+    """`aligngate demo incident ...` is `python -m benchmarks.incident ...`, run from the source checkout."""
+    return _run_checkout_module(f"benchmarks.{name}", rest, f"demo {name}")
 
 
 def _bench(rest: list[str]) -> int:
-    """`aligngate bench ...` is `python -m benchmarks ...` (the benchmarks/ directory of a source checkout)."""
-    root = str(Path(__file__).resolve().parent.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        from benchmarks.__main__ import main as bench_main
-    except ImportError as e:
-        print(f"aligngate bench needs the benchmarks/ directory of a source checkout ({e})", file=sys.stderr)
+    """`aligngate bench ...` is `python -m benchmarks ...`, run from the source checkout."""
+    return _run_checkout_module("benchmarks", rest, "bench")
+
+
+def source_checkout() -> Path | None:
+    """The source checkout this aligngate runs from: the folder with pyproject.toml and benchmarks/ above this
+    file (an editable install, or PYTHONPATH on a clone). None for a wheel install, which ships the product only."""
+    for d in Path(__file__).resolve().parents:
+        if (d / "pyproject.toml").is_file() and (d / "benchmarks" / "__main__.py").is_file():
+            return d
+    return None
+
+
+def _run_checkout_module(module: str, rest: list[str], what: str) -> int:
+    """Run one of the checkout's benchmark modules as its own process. The product never imports benchmarks/ (it is
+    not installed with it: tests/test_import_graph.py), so the demo and the benchmarks work from a clone only."""
+    import os
+    import signal
+    import subprocess
+
+    root = source_checkout()
+    if root is None:
+        print(f"aligngate {what}: this command runs the benchmarks/ folder of aligngate's source checkout, which this "
+              f"install ({Path(__file__).resolve().parent}) does not include; clone the repository, `pip install -e "
+              f".` there and run it again", file=sys.stderr)
         return 2
-    return bench_main(rest)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", module, *rest], env=env)
+    # the module stops its own gateways and engines on SIGINT/SIGTERM: pass SIGTERM on and wait for it; Ctrl-C
+    # reaches it directly (same process group)
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
+    except ValueError:  # not the main thread: no handler to install
+        previous = None
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                continue
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:

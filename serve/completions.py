@@ -356,7 +356,7 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
     watch = RequestWatch(request.receive)
     if guards is not None:
         spec = gw.specs.get(engine.name)
-        ctx = getattr(engine, "max_model_len", None) or (spec.max_model_len if spec else None) or 512
+        ctx = engine.max_model_len or (spec.max_model_len if spec else None) or 512
         cost = _reservation(req, call.prompt_text, ctx) if key is not None else 0
         try:
             call.release = await _admit(gw, guards, key, engine, cost, deadline)

@@ -92,7 +92,17 @@ class Step:
 
 
 class Engine(abc.ABC):
-    """A policy version's generator. `start` may take a while; `ready` says when requests can go in."""
+    """A policy version's generator. `start` may take a while; `ready` says when requests can go in.
+
+    Everything the gateway asks an engine is declared here (the supervisor: `alive`, `restartable`, `restart`,
+    `down_reason`; /ready: `probe`, `ready_details`; the request path: `max_model_len`), so no caller has to probe an
+    engine for what it happens to have."""
+
+    # the gateway runs this engine (in process): it can kill and restart it, and a start has a deadline
+    # (serve/engine_start.py); a remote version can only be waited for
+    restartable: bool = False
+    max_model_len: int | None = None  # the context length, once known (None: ask the version's spec)
+    has_value_head: bool = False
 
     def __init__(self, name: str):
         self.name = name
@@ -113,7 +123,27 @@ class Engine(abc.ABC):
     async def probe(self, timeout_s: float) -> None:
         """One real one-token generation; raises on failure (used by /ready)."""
 
-    has_value_head: bool = False
+    @abc.abstractmethod
+    async def alive(self) -> bool:
+        """Cheap liveness, never a generation (the supervisor asks it every `supervise_interval_s`)."""
+
+    async def restart(self) -> None:
+        """Bring a dead engine back (only when `restartable`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be restarted by the gateway")
+
+    @property
+    def down_reason(self) -> str | None:
+        """Why the engine is not alive, as far as it knows itself (None while alive, or when it cannot tell)."""
+        return None
+
+    @property
+    def fault(self) -> dict | None:
+        """Test-only injected faults on this version (serve.faults.FaultyEngine); None on a real engine."""
+        return None
+
+    def unwrap(self) -> Engine:
+        """The real engine under a test-only fault wrapper (serve.faults.FaultyEngine): this one."""
+        return self
 
     async def score(self, prompt_token_ids: list[int], response_token_ids: list[int]) -> tuple[float, float | None] | None:
         """Value (and entropy) at the position after prompt + response: one extra 1-token step (cheap with prefix
@@ -123,6 +153,11 @@ class Engine(abc.ABC):
     def unfinished(self) -> int | None:
         """Sequences the engine still holds (in-process only; None when not observable)."""
         return None
+
+    def ready_details(self) -> dict:
+        """What `/ready?verbose=true` shows of this engine beyond the supervisor's view (its process, its
+        backends, ...)."""
+        return {}
 
     def describe(self) -> dict:
         return {"name": self.name, "ready": self.ready, "kind": type(self).__name__}

@@ -300,6 +300,11 @@ class RemoteEngine(Engine):
 
         await asyncio.wait_for(one(), timeout_s)
 
+    def ready_details(self) -> dict:
+        # which backends answer
+        return {"backends": {b.base: {"up": b.up, "error": b.last_error} for b in self.backends},
+                "retries": self.retries}
+
     def describe(self) -> dict:
         return {**super().describe(), "url": self.base, "remote_model": self.remote_model, "retries": self.retries,
                 "backends": [{"url": b.base, "up": b.up, "in_flight": b.in_flight, "error": b.last_error}

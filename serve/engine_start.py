@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from serve.engine import Engine
 from serve.logs import get_logger
 
 log = get_logger(__name__)
@@ -45,16 +46,16 @@ class StartStatus:
         return out
 
 
-async def attempt(engine, status: StartStatus, deadline_s: float, kill) -> bool:
+async def attempt(engine: Engine, status: StartStatus, deadline_s: float, kill) -> bool:
     """One start of `engine` within `deadline_s`. True when it is up or failed for good; False when it passed the
     deadline (the caller retries). `kill(name) -> pids` ends the processes the attempt spawned."""
-    inner = getattr(engine, "inner", engine)  # the real engine under a test-only fault wrapper
+    inner = engine.unwrap()  # the real engine under a test-only fault wrapper
     status.state, status.retry_at = "starting", None
     status.attempts += 1
     inner.start_error = None
     # only an engine this gateway runs (and can kill and restart) has a deadline: a remote version waits for its
     # upstream for as long as it takes (serve/engine_remote.py), and has no processes here to end
-    deadline = deadline_s if getattr(inner, "restartable", False) else None
+    deadline = deadline_s if inner.restartable else None
     try:
         await asyncio.wait_for(engine.start(), deadline)
     except asyncio.TimeoutError:
@@ -75,7 +76,7 @@ async def attempt(engine, status: StartStatus, deadline_s: float, kill) -> bool:
     return True
 
 
-async def start_with_retries(engine, status: StartStatus, deadline_s: float, retries: int, backoff_s: float,
+async def start_with_retries(engine: Engine, status: StartStatus, deadline_s: float, retries: int, backoff_s: float,
                              backoff_max_s: float, kill, first_done: bool = False) -> None:
     """Attempts until one is up or failed for good, or the retries are spent; `first_done`: the first attempt
     already ran (and passed its deadline)."""

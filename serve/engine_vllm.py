@@ -142,7 +142,7 @@ class VLLMEngine(Engine):
         # thread of a process that already runs the event loop and, from the second version on, another engine's
         # threads: a lock held by one of them at the fork stays held in the child. Spawn costs a few seconds of
         # imports per process and cannot inherit a held lock. (It did not cure the start-up stall CI shows in
-        # tests/test_scale_out.py; that cause is still open, see the stop-15 note.) An explicit
+        # tests/test_scale_out.py; that cause is still open: issue 21, tests/stall.py.) An explicit
         # VLLM_WORKER_MULTIPROC_METHOD is left alone.
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         args = AsyncEngineArgs(
@@ -204,9 +204,12 @@ class VLLMEngine(Engine):
 
         if self.values is not None:
             await self._check_value_channel()
+        # "warm up " is at most 8 tokens (a character tokenizer); the longest prompt leaves room for its 8 new
+        # tokens in a short context (max_model_len 256 once failed every start: 255 prompt tokens + 8)
+        cap = max(1, (self.max_model_len - 8 - 16) // 8)
         for i, words in enumerate((1, 8, 32)):
-            await one(i, words)
-        await asyncio.gather(*(one(10 + i, 2 + 3 * i) for i in range(4)))
+            await one(i, min(words, cap))
+        await asyncio.gather(*(one(10 + i, min(2 + 3 * i, cap)) for i in range(4)))
         return time.perf_counter() - t0
 
     async def _check_value_channel(self) -> None:
@@ -436,6 +439,11 @@ class VLLMEngine(Engine):
 
     def describe(self) -> dict:
         return {**super().describe(), "engine_pid": self.engine_pid}
+
+    def ready_details(self) -> dict:
+        # the engine core's pid (the process to watch), and how the in-pass value is read
+        return {k: v for k, v in (("engine_pid", self.engine_pid), ("value_channel", self.value_channel))
+                if v is not None}
 
     async def probe(self, timeout_s: float) -> None:
         req = GenerationRequest(request_id=f"probe-{self.name}-{os.urandom(4).hex()}", kind="completion",

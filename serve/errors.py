@@ -69,39 +69,6 @@ def _first_error(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"invalid request: {msg.removeprefix('Value error, ')}", None  # a rule between fields
 
 
-def _document_error_shape(app: FastAPI) -> None:
-    """Make the OpenAPI schema say what the handlers below do: a request that fails validation gets a 400 in the
-    OpenAI error shape, not FastAPI's default 422 `HTTPValidationError` (found by schemathesis: every operation
-    with a body or parameter documented a 422 it never sends and not the 400 it does send)."""
-    from serve.schemas import ErrorResponse
-
-    build = app.openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = build()
-        comps = schema.setdefault("components", {}).setdefault("schemas", {})
-        err = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
-        for name, sub in err.pop("$defs", {}).items():
-            comps.setdefault(name, sub)
-        comps.setdefault("ErrorResponse", err)
-        shape = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
-        for ops in schema.get("paths", {}).values():
-            for op in ops.values():
-                responses = op.get("responses", {})
-                if responses.pop("422", None) is not None:
-                    responses.setdefault("400", {"description": "Invalid request", "content": shape})
-        used = json.dumps(schema.get("paths", {}))
-        for name in ("HTTPValidationError", "ValidationError"):
-            if f'"#/components/schemas/{name}"' not in used:
-                comps.pop(name, None)
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
 def allowed_methods(app, scope) -> list[str]:
     """Every method some route declares for this path (a path may have one route per method: /admin/versions)."""
     from starlette.routing import Match
@@ -114,7 +81,7 @@ def allowed_methods(app, scope) -> list[str]:
 
 
 def install(app: FastAPI) -> None:
-    _document_error_shape(app)
+    """The handlers below; the OpenAPI document says so (serve/openapi_doc.py)."""
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError):

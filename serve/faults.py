@@ -27,6 +27,12 @@ class FaultyEngine(Engine):
     name = property(lambda self: self.inner.name)
     ready = property(lambda self: self.inner.ready)
     start_error = property(lambda self: self.inner.start_error)
+    restartable = property(lambda self: self.inner.restartable)
+    max_model_len = property(lambda self: self.inner.max_model_len)
+    down_reason = property(lambda self: self.inner.down_reason)
+
+    def unwrap(self) -> Engine:
+        return self.inner
 
     async def start(self) -> None:
         await self.inner.start()
@@ -45,8 +51,17 @@ class FaultyEngine(Engine):
     async def probe(self, timeout_s: float) -> None:
         await self.inner.probe(timeout_s)
 
+    async def alive(self) -> bool:
+        return await self.inner.alive()
+
+    async def restart(self) -> None:
+        await self.inner.restart()
+
     def unfinished(self) -> int | None:
         return self.inner.unfinished()
+
+    def ready_details(self) -> dict:
+        return self.inner.ready_details()
 
     def describe(self) -> dict:
         return {**self.inner.describe(), "fault": self.fault}

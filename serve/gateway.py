@@ -93,7 +93,7 @@ class Gateway:
         if engine is not None and engine.ready:  # up (or restarted and warming up: already serving)
             return None
         # between the death and the supervisor's next tick only the engine itself knows why
-        return w.reason or getattr(getattr(engine, "inner", engine), "down_reason", None) or "engine down"
+        return w.reason or (engine.down_reason if engine is not None else None) or "engine down"
 
     def version_state(self, name: str) -> str:
         """One state per version, the same wherever it is shown (/ready?verbose=true, /admin/versions):

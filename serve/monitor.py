@@ -65,7 +65,7 @@ class RewardMonitor:
         self.alarm_rules = AlarmRules(self.cfg, self._v)
         self.registry = registry
         if registry is not None:
-            registry.register(MonitorCollector(self))
+            registry.register(MonitorCollector(self._scrape, self.alarm_rules.z))
 
     # --- configuration per version ---------------------------------------------------------------------------
     def _state(self, version: str) -> VersionState:
@@ -189,6 +189,14 @@ class RewardMonitor:
                 pass
 
     # --- readers ---------------------------------------------------------------------------------------------
+    def _scrape(self) -> list[tuple[str, VersionState]]:
+        """Every version's state, its windows expired to now (the Prometheus collector's view)."""
+        now = self._clock()
+        states = list(self._v.items())
+        for _, st in states:
+            self._expire(st, now)
+        return states
+
     def active_alarms(self, version: str) -> list[Alarm]:
         st = self._v.get(version)
         if st is None:

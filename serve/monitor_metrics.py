@@ -1,22 +1,25 @@
 """The reward monitor's Prometheus export: `MonitorCollector` reads every version's windows, z, audit agreement,
-active alarms and counters at scrape time (the monitor's hot path touches no Prometheus object)."""
+active alarms and counters at scrape time (the monitor's hot path touches no Prometheus object).
+
+It sees the monitor only through two callables (`serve.monitor.RewardMonitor` passes them), so this module does
+not import the monitor that imports it."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Callable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-if TYPE_CHECKING:  # annotation only: serve.monitor imports this module at run time
-    from serve.monitor import RewardMonitor
+from serve.monitor_windows import VersionState
 
 
 class MonitorCollector:
-    """Prometheus view of the monitor, computed at scrape time."""
+    """Prometheus view of the monitor, computed at scrape time. `states()`: every version's state, its windows
+    expired to now; `z(state)`: the window's reward z against its baseline."""
 
-    def __init__(self, mon: RewardMonitor):
-        self.mon = mon
+    def __init__(self, states: Callable[[], list[tuple[str, VersionState]]], z: Callable[[VersionState], float]):
+        self.states, self.z = states, z
 
     def describe(self):
         return []
@@ -38,8 +41,7 @@ class MonitorCollector:
         flags = CounterMetricFamily("aligngate_monitor_hard_constraint_flags", "Answers flagged, by rule",
                                     labels=["version", "rule"])
         events = CounterMetricFamily("aligngate_monitor_alarm_events", "Alarm events", labels=["version", "alarm", "kind"])
-        for v, st in list(self.mon._v.items()):
-            self.mon._expire(st, self.mon._clock())
+        for v, st in self.states():
             for s, r in st.win.items():
                 if r.n:
                     mean.add_metric([v, s], r.mean)
@@ -51,7 +53,7 @@ class MonitorCollector:
                 c = st.pairs.corr
                 if math.isfinite(c):
                     corr.add_metric([v], c)
-            zz = self.mon.alarm_rules.z(st)
+            zz = self.z(st)
             if math.isfinite(zz):
                 z.add_metric([v], zz)
             for name in st.active:

@@ -1,7 +1,8 @@
 """Engine `Step`s -> OpenAI response bodies and SSE chunks (chat and legacy completions).
 
 Hand-built dicts rather than pydantic models: this runs once per streamed chunk, and on 2 cores the per-chunk
-cost of the proxy is what separates a lean gateway from a slow one (DESIGN.md: LiteLLM's p99 in front of vLLM).
+cost of the proxy is what separates a lean gateway from a slow one (LiteLLM's proxy in front of vLLM here: p99
+end to end in seconds where vLLM alone answered in a few hundred ms; benchmarks/README.md, vs-litellm).
 """
 
 from __future__ import annotations

@@ -10,9 +10,12 @@ context, a prompt over `limits.max_prompt_tokens`.
 
 from __future__ import annotations
 
+import json
+
 from fastapi import FastAPI
 
 from serve.config import Limits
+from serve.schemas import ErrorResponse
 
 MAX_TOKENS = {"ChatCompletionRequest": ("max_tokens", "max_completion_tokens"), "CompletionRequest": ("max_tokens",),
               "ResponsesRequest": ("max_output_tokens",)}
@@ -52,7 +55,39 @@ def document(schema: dict, limits: Limits) -> dict:
     return schema
 
 
+def document_error_shape(app: FastAPI) -> None:
+    """Make the OpenAPI schema say what serve/errors.py's handlers do: a request that fails validation gets a 400
+    in the OpenAI error shape, not FastAPI's default 422 `HTTPValidationError` (found by schemathesis: every
+    operation with a body or parameter documented a 422 it never sends and not the 400 it does send)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        err = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in err.pop("$defs", {}).items():
+            comps.setdefault(name, sub)
+        comps.setdefault("ErrorResponse", err)
+        shape = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+        for ops in schema.get("paths", {}).values():
+            for op in ops.values():
+                responses = op.get("responses", {})
+                if responses.pop("422", None) is not None:
+                    responses.setdefault("400", {"description": "Invalid request", "content": shape})
+        used = json.dumps(schema.get("paths", {}))
+        for name in ("HTTPValidationError", "ValidationError"):
+            if f'"#/components/schemas/{name}"' not in used:
+                comps.pop(name, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI, limits: Limits) -> None:
+    document_error_shape(app)
     build = app.openapi
 
     def openapi() -> dict:

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from serve.engine import Engine
 from serve.logs import get_logger
 
 log = get_logger(__name__)
@@ -52,11 +53,6 @@ class Watch:
 
     def to_dict(self) -> dict:
         return {"state": self.state, "restarts": self.restarts, "reason": self.reason}
-
-
-def unwrap(engine):
-    """The real engine under a test-only fault wrapper (serve.faults.FaultyEngine)."""
-    return getattr(engine, "inner", engine)
 
 
 class Supervisor:
@@ -88,10 +84,12 @@ class Supervisor:
                 await t
 
     def forget(self, name: str) -> None:
-        """A version was unloaded: stop watching it (and any recovery in progress)."""
+        """A version was unloaded: stop watching it (and any recovery in progress); its series leave /metrics."""
         w = self.watches.pop(name, None)
         if w and w.task:
             w.task.cancel()
+        self.up.remove_by_labels({"version": name})
+        self.restarts_total.remove_by_labels({"version": name})
 
     def status(self, name: str) -> dict | None:
         w = self.watches.get(name)
@@ -109,12 +107,13 @@ class Supervisor:
                 log.error("supervisor_tick_failed", error=repr(e), exc_info=e)
 
     async def tick(self) -> None:
-        engines = [(n, unwrap(e)) for n, e in list(self.gw.engines.items())]
+        # the real engine under a test-only fault wrapper (serve.faults.FaultyEngine)
+        engines = [(n, e.unwrap()) for n, e in list(self.gw.engines.items())]
         for name in [n for n in self.watches if n not in self.gw.engines]:
             self.forget(name)
-        await asyncio.gather(*(self._check(n, e) for n, e in engines if hasattr(e, "alive")))
+        await asyncio.gather(*(self._check(n, e) for n, e in engines))
 
-    async def _check(self, name: str, engine) -> None:
+    async def _check(self, name: str, engine: Engine) -> None:
         now = self.clock()
         w = self.watches.get(name)
         if w is None:
@@ -128,7 +127,7 @@ class Supervisor:
         if w.state == "up":
             try:
                 ok = engine.ready and await engine.alive()
-                reason = None if ok else getattr(engine, "down_reason", None) or "not ready"
+                reason = None if ok else engine.down_reason or "not ready"
             except Exception as e:  # noqa: BLE001 — a liveness check that raises is a failed check
                 ok, reason = False, f"{type(e).__name__}: {e}"
             if ok:
@@ -143,10 +142,10 @@ class Supervisor:
             self._set(name, w, "recovering")
             w.task = asyncio.create_task(self._recover(name, engine, w), name=f"recover-{name}")
 
-    async def _recover(self, name: str, engine, w: Watch) -> None:
+    async def _recover(self, name: str, engine: Engine, w: Watch) -> None:
         w.attempts += 1
         try:
-            if getattr(engine, "restartable", False):
+            if engine.restartable:
                 w.restarts += 1
                 self.restarts_total.labels(name).inc()
                 log.warning("engine_restarting", version=name, attempt=w.attempts, reason=w.reason)
@@ -170,10 +169,10 @@ class Supervisor:
             self._set(name, w, "up")
             return
         w.next_try = self.clock() + w.backoff
-        log.error("engine_restart_failed" if getattr(engine, "restartable", False) else "engine_still_down",
+        log.error("engine_restart_failed" if engine.restartable else "engine_still_down",
                   version=name, attempt=w.attempts, retry_in_s=w.backoff, reason=w.reason)
         # a remote probe is one cheap GET: keep trying at least every 5 s so a returning backend is seen soon
-        cap = self.backoff_max_s if getattr(engine, "restartable", False) else min(self.backoff_max_s, 5.0)
+        cap = self.backoff_max_s if engine.restartable else min(self.backoff_max_s, 5.0)
         w.backoff = min(w.backoff * 2, cap)
         self._set(name, w, "down")
 

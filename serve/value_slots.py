@@ -2,8 +2,8 @@
 
 The fused head writes `value - 1000` into slot A, `-1000` into slot B and `entropy - 1000` into slot C, so all
 three have zero probability (never sampled) while `logprob_token_ids=[A, B, C]` returns their log-probabilities:
-`value = lp[A] - lp[B]` and `entropy = lp[C] - lp[B]` exactly (the softmax normaliser cancels). See
-../shared/DESIGN.md, "The in-pass value".
+`value = lp[A] - lp[B]` and `entropy = lp[C] - lp[B]` exactly (the softmax normaliser cancels). README.md,
+"Rewards", tells the whole path.
 
 Slots come from the model directory, read the same way by the gateway and by vLLM's engine process (plain JSON
 and safetensors-header reads: cheap enough for the engine's start-up). A directory has slots when it has a value

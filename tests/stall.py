@@ -1,7 +1,7 @@
 """The signature of the known in-process engine start-up stall (issue 21), read from a gateway's log, so a test
 quarantines that failure and nothing else.
 
-The stall, as seen in CI (stop 15): an in-process engine's EngineCore logs its OpenMP thread-binding plan for the
+The stall, as seen in CI: an in-process engine's EngineCore logs its OpenMP thread-binding plan for the
 worker (`ompmultiprocessing ... core ids=[...]`), and then its Worker never logs anything: a healthy Worker's first
 line comes from `CPUWorker.init_device` (the `LD_PRELOAD` warnings), after `init_cpu_memory_env` (the NUMA
 memory set-up in `CPUWorker.__init__`), so a silent worker stopped before or in that set-up. Precisely, in the

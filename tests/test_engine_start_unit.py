@@ -7,17 +7,26 @@ import asyncio
 
 import pytest
 
+from serve.engine import Engine
 from serve.engine_start import EngineStartTimeout, StartStatus, attempt, start_with_retries
 
 
-class Hangs:
-    """Its first `hangs` starts never return; later ones come up at once."""
-
-    restartable = True
+class Hangs(Engine):
+    """Its first `hangs` starts never return; later ones come up at once (it never generates)."""
 
     def __init__(self, hangs: int, restartable: bool = True):
-        self.name, self.ready, self.start_error, self.hangs, self.starts, self.stops = "v", False, None, hangs, 0, 0
+        super().__init__("v")
+        self.hangs, self.starts, self.stops = hangs, 0, 0
         self.restartable = restartable
+
+    def generate(self, req):
+        raise NotImplementedError
+
+    async def probe(self, timeout_s: float) -> None:
+        raise NotImplementedError
+
+    async def alive(self) -> bool:
+        return self.ready
 
     async def start(self) -> None:
         self.starts += 1

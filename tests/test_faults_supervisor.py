@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from serve.engine import Engine
 from serve.metrics import Metrics
 from serve.supervisor import Supervisor
 
@@ -23,12 +24,26 @@ def metric(text: str, name: str, **labels) -> float | None:
 
 
 
-class FakeEngine:
-    """Just what the supervisor reads: ready, alive(), restart() (failing the first `fail` times)."""
+class FakeEngine(Engine):
+    """Just what the supervisor reads: ready, alive(), restart() (failing the first `fail` times); it never
+    generates."""
 
     def __init__(self, name: str, restartable: bool = True, fail: int = 0):
-        self.name, self.restartable, self.fail = name, restartable, fail
-        self.ready, self.start_error, self.dead, self.restart_calls = False, None, False, 0
+        super().__init__(name)
+        self.restartable, self.fail = restartable, fail
+        self.dead, self.restart_calls = False, 0
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    def generate(self, req):
+        raise NotImplementedError
+
+    async def probe(self, timeout_s: float) -> None:
+        raise NotImplementedError
 
     async def alive(self) -> bool:
         return not self.dead

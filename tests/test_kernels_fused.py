@@ -6,7 +6,7 @@ it is held to 1e-3 of the fp32 spec in every dtype.
 
 Triton runs under `TRITON_INTERPRET=1` in a subprocess (this file run as a script, see the bottom), because the
 variable must be set before Triton is imported and the pytest process must not be switched into interpreter
-mode for everyone else. bf16 is not run through the interpreter (its bf16 matmul is unreliable; DESIGN.md).
+mode for everyone else. bf16 is not run through the interpreter (its bf16 matmul is unreliable there).
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -158,18 +157,15 @@ def test_audit_disagreement_and_reward_scale():
     assert "reward_mean_high" in {a.name for a in mon2.active_alarms("raw")}
 
 
-async def test_observe_is_cheap_and_listeners():
+async def test_observe_many_and_listeners():
     got = []
     mon = RewardMonitor(MonitorConfig(hard_constraint_regexes=(r"(?i)kill\s+all",)))
     mon.add_listener(got.append)
     q = mon.subscribe()
     text = "The answer is 42 because six times seven is forty two. " * 4
-    n = 5000
-    t0 = time.perf_counter()
-    for i in range(n):
+    # (its cost, ~10-20 µs per answer, is a benchmark figure, not a test's: no timed assertion here)
+    for i in range(5000):
         mon.observe("v", "what is six times seven", text, reward=0.2 + (i % 7) / 10, entropy=1.0, kl=2.0)
-    per = (time.perf_counter() - t0) / n
-    assert per < 100e-6, per  # measured ~10-20 µs with a 230-char answer
     assert mon.observe("v", "p", "we must KILL   all humans", 0.5) == [r"(?i)kill\s+all"]
     assert (got[-1].kind, got[-1].alarm.name) == ("raised", "hard_constraint")
     queued = [q.get_nowait() for _ in range(q.qsize())]

@@ -5,6 +5,7 @@ version, promotion without moving anyone, unload, and the routing decision's cos
 from __future__ import annotations
 
 import math
+import random
 import time
 
 import pytest
@@ -20,6 +21,8 @@ def within_99(hits: int, n: int, p: float) -> bool:
 
 @pytest.mark.parametrize("w", [0.01, 0.1, 0.5])
 def test_split_within_binomial_99(w):
+    # unkeyed requests draw their bucket from `random`: a fixed seed keeps this 99% bound from failing 1 run in 100
+    random.seed(int(w * 1000))
     r = Router("aligngate", ["stable", "canary"], {"stable": 1 - w, "canary": w})
     n = 6000
     sticky = sum(r.route("aligngate", f"user-{w}-{i}").version == "canary" for i in range(n))

@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             res = PB.run(out, PB.BasePipelineConfig(
                 base=args.base, pairs=args.pairs, labels=args.labels, aggregate=args.aggregate, demos=args.demos,
                 lora=None if args.lora in ("", "none") else args.lora, fast=fast, seed=args.seed,
-                skip_invalid=args.skip_invalid))
+                skip_invalid=args.skip_invalid), user_prefs=_user_prefs(args), stage=main)
             print(PB.headline(res))
             return 0
         from training import pipeline as PL

