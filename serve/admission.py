@@ -91,6 +91,10 @@ class Admission:
         self.limits = limits
         self.slots: dict[str, Slots] = {}
 
+    def forget(self, name: str) -> None:
+        """A removed version: its slots go (a request still holding one keeps its own reference)."""
+        self.slots.pop(name, None)
+
     def for_version(self, name: str, spec: VersionSpec | None) -> Slots:
         s = self.slots.get(name)
         if s is None:

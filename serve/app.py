@@ -13,7 +13,6 @@ from starlette.responses import JSONResponse, Response
 
 from serve import auth, completions, errors, openapi_doc, responses
 from serve.admin import build_admin_router, load_admin_keys
-from serve.admission import Admission
 from serve.config import Settings, VersionSpec
 from serve.drain import DrainGuard
 from serve.feedback import FeedbackAck, FeedbackRequest, InvalidFeedback, UnknownResponse
@@ -38,7 +37,7 @@ def create_app(settings: Settings, versions: list[VersionSpec]) -> FastAPI:
     auth_dep = auth.make_dependency(keys)
     limiter = RateLimiter(settings.redis_url, settings.redis_prefix, settings.limits.lease_ttl_s,
                           gw.metrics.registry)
-    guards = completions.Guards(limiter, Admission(settings.limits))
+    guards = completions.Guards(limiter, gw.admission)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

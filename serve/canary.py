@@ -180,11 +180,9 @@ class CanaryController:
         router = gw.router
         for name, v in st["versions"].items():
             if v["status"] == "active" and name in gw.engines:  # never route to a version without an engine
-                router.add_version(name)
-        if st.get("stable") and st["stable"] in router.order and router.stable != st["stable"]:
-            router.set_stable(st["stable"])
-        if gw.quality.stable != router.stable:  # the monitor's baselines follow the router's stable
-            gw.quality.set_stable(router.stable, router.order)
+                gw.lifecycle.add(name)
+        if st.get("stable") and st["stable"] in router.order:  # promoted here or on another replica: the same
+            gw.lifecycle.promote(st["stable"])
         weights = {n: w for n, w in st["weights"].items() if n in router.order}
         if sum(weights.values()) > 0:
             router.set_weights(weights)

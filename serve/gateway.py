@@ -10,12 +10,14 @@ import asyncio
 import gc
 
 from serve import engine_procs
+from serve.admission import Admission
 from serve.config import Settings, VersionSpec
 from serve.drain import Drain
 from serve.engine import Engine
 from serve.engine_start import StartStatus, start_with_retries
 from serve.engine_start import attempt as start_attempt
 from serve.engine_remote import RemoteEngine
+from serve.lifecycle import Lifecycle
 from serve.logs import get_logger
 from serve.metrics import Metrics
 from serve.quality import Quality
@@ -46,7 +48,7 @@ class Gateway:
         self.router = Router(settings.public_model, [v.name for v in versions],
                              {v.name: v.weight for v in versions})
         self.metrics = Metrics()
-        self.quality = Quality(settings, self.metrics.registry, self.router.stable)
+        self.quality = Quality(settings, self.metrics.registry, lambda: self.router.stable)
         self.shadow = Shadow(self.metrics.registry)
         self.stats = Stats()  # per-version outcome windows: the canary gate's inputs
         self.alarm_sources: list = [self.quality.monitor]  # serve.alarms.AlarmSource
@@ -55,6 +57,10 @@ class Gateway:
         # restarts dead in-process engines, re-admits remote versions whose backends answer again
         self.supervisor = Supervisor(self, settings.supervise_interval_s, settings.restart_backoff_s,
                                      settings.restart_backoff_max_s)
+        self.admission = Admission(settings.limits)  # per-version slots (serve/admission.py)
+        # add / promote / remove a version: the one place every part above hears of it (serve/lifecycle.py)
+        self.lifecycle = Lifecycle(self.router, self.quality, self.stats, self.shadow, self.admission, self.metrics,
+                                   self.supervisor)
         self.drain = Drain()  # SIGTERM: stop taking work, let in-flight requests finish (serve/drain.py)
         self.starts: dict[str, StartStatus] = {n: StartStatus() for n in self.engines}  # serve/engine_start.py
         self._starter: asyncio.Task | None = None
@@ -71,7 +77,7 @@ class Gateway:
         self._starter = asyncio.create_task(self._start_all())
         await self.quality.start()
         for name in self.engines:
-            self.quality.watch_version(name)
+            self.lifecycle.add(name)
         if self.settings.redis_url:
             from serve.stats_sync import StatsSync
 
@@ -114,7 +120,7 @@ class Gateway:
         self.specs[spec.name] = spec
         self.engines[spec.name] = engine
         self.starts[spec.name] = StartStatus()
-        self.quality.watch_version(spec.name)
+        self.lifecycle.add(spec.name)
         self._spawn(self._start_one(engine))
 
     def _spawn(self, coro) -> None:
@@ -134,9 +140,9 @@ class Gateway:
                                  **self._start_args(engine.name))
 
     async def remove_version(self, name: str, drain_timeout_s: float = 30.0) -> None:
-        """Drain and unload: stop routing to it, wait for its in-flight requests (bounded), stop its engine."""
-        if name in self.router.order:
-            self.router.remove_version(name)
+        """Drain and unload: stop routing to it, wait for its in-flight requests (bounded), stop its engine, and
+        every part forgets it (serve/lifecycle.py)."""
+        self.lifecycle.retire(name)
         gauge = self.metrics.version(name).in_flight
         deadline = asyncio.get_running_loop().time() + drain_timeout_s
         try:
@@ -146,7 +152,7 @@ class Gateway:
             engine = self.engines.pop(name, None)
             self.specs.pop(name, None)
             self.starts.pop(name, None)
-            self.supervisor.forget(name)
+            self.lifecycle.remove(name)
             if engine is not None:
                 try:
                     await engine.stop()

@@ -51,5 +51,13 @@ class Metrics:
             self._per_version[name] = vm
         return vm
 
+    def forget(self, name: str) -> None:
+        """A removed version: its series leave /metrics (a request that outlived the drain updates children no
+        longer exported)."""
+        self._per_version.pop(name, None)
+        for m in (self.requests, self.errors, self._ttft, self._itl, self._e2e, self._in_flight, self._tokens,
+                  self.engine_unfinished):
+            m.remove_by_labels({"version": name})
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

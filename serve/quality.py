@@ -9,6 +9,7 @@ files, the audit model) runs in background tasks owned by those parts.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from serve.cache import CacheConfig, RewardCache
 from serve.config import Settings
@@ -22,9 +23,10 @@ log = get_logger(__name__)
 
 
 class Quality:
-    def __init__(self, settings: Settings, registry, stable: str):
+    def __init__(self, settings: Settings, registry, stable: Callable[[], str]):
+        """`stable()`: the stable version now (the router holds it: serve/lifecycle.py)."""
         redis_url = settings.redis_url
-        self.stable = stable  # kept current by `set_stable` (the router's stable changes on promotion / adoption)
+        self._stable = stable
         self.review = ReviewQueue(path=settings.review_path or settings.cache_dir / "review.jsonl", redis_url=redis_url,
                                   key=f"{settings.redis_prefix}:review")
         self.monitor = RewardMonitor(MonitorConfig(hard_constraint_phrases=tuple(settings.hard_constraint_phrases)),
@@ -51,17 +53,25 @@ class Quality:
             except Exception as e:  # the gateway serves without an audit model rather than not at all
                 log.error("audit_model_failed", dir=str(self._audit_dir), error=repr(e))
 
+    @property
+    def stable(self) -> str:
+        return self._stable()
+
     def watch_version(self, version: str) -> None:
         """Compare a non-stable version's rewards against stable's (z-score baseline)."""
         if version != self.stable:
             self.monitor.use_baseline_of(version, self.stable)
 
-    def set_stable(self, stable: str, versions) -> None:
-        """A new stable (a finished promotion, or a replica adopting the stored state): every other version is
-        judged against it from now on, and the new stable against its own baseline."""
-        self.stable = stable
+    def follow_stable(self, versions) -> None:
+        """The stable version changed (a finished promotion, or a replica adopting the stored state): every other
+        version is judged against it from now on, and the new stable against its own baseline."""
+        stable = self.stable
         for v in versions:
             self.monitor.use_baseline_of(v, None if v == stable else stable)
+
+    def forget(self, version: str) -> None:
+        """A removed version: its monitor windows and alarms go (the answers it gave stay in the logs)."""
+        self.monitor.forget(version)
 
     def _on_audit(self, item, result) -> None:
         value = (item.meta or {}).get("value")

@@ -38,6 +38,11 @@ class Shadow:
         else:
             self.shares[version] = min(1.0, share)
 
+    def forget(self, version: str) -> None:
+        """A removed version: no more copies to it, and its series leave /metrics."""
+        self.shares.pop(version, None)
+        self.mirrored.remove_by_labels({"version": version})
+
     def maybe_mirror(self, gw, answered_by: str, req: GenerationRequest, prompt_text: str) -> None:
         """Called on the request path once per request: O(number of shadow versions), no awaits."""
         if not self.shares or answered_by != gw.router.stable:

@@ -9,14 +9,16 @@ import random
 
 import pytest
 
+from serve.admission import Admission
 from serve.alarms import Alarm, InjectedAlarms
 from serve.canary import CanaryController, ControlError
-from serve.gate import evaluate, gate_params, make_plan, welch_one_sided, wilson_lower
 from serve.config import CanarySettings, Settings, VersionSpec
-from prometheus_client import CollectorRegistry
-
+from serve.gate import evaluate, gate_params, make_plan, welch_one_sided, wilson_lower
+from serve.lifecycle import Lifecycle
+from serve.metrics import Metrics
 from serve.quality import Quality
 from serve.router import Router
+from serve.shadow import Shadow
 from serve.stats import Stats, Summary
 from serve.store import MemoryStore
 
@@ -127,6 +129,8 @@ class FakeEngine:
 
 
 class FakeGateway:
+    """The gateway's per-version parts are real (router, monitor, stats, lifecycle ...); its engines are not."""
+
     def __init__(self, tmp_path):
         self.settings = Settings(cache_dir=tmp_path)
         specs = [VersionSpec(name="stable", url="http://s", weight=1), VersionSpec(name="canary", url="http://c")]
@@ -135,9 +139,12 @@ class FakeGateway:
         self.router = Router("aligngate", list(self.specs), {"stable": 1, "canary": 0})
         self.stats = Stats()
         self.alarm_sources = [InjectedAlarms()]
-        self.quality = Quality(self.settings, CollectorRegistry(), self.router.stable)  # the real monitor stage
+        self.metrics = Metrics()
+        self.quality = Quality(self.settings, self.metrics.registry, lambda: self.router.stable)  # the real monitor
+        self.lifecycle = Lifecycle(self.router, self.quality, self.stats, Shadow(self.metrics.registry),
+                                   Admission(self.settings.limits), self.metrics)
         for name in self.specs:
-            self.quality.watch_version(name)
+            self.lifecycle.add(name)
 
     def engine_down(self, name):  # the engines here never die (test_chaos kills real ones)
         return None
@@ -145,10 +152,12 @@ class FakeGateway:
     def add_version(self, spec):
         self.specs[spec.name] = spec
         self.engines[spec.name] = FakeEngine(spec.name)
+        self.lifecycle.add(spec.name)
 
     async def remove_version(self, name, timeout):
-        self.router.remove_version(name)
+        self.lifecycle.retire(name)
         self.engines.pop(name)
+        self.lifecycle.remove(name)
 
     def traffic(self, n, canary_status="200", canary_ttft=0.01):
         for i in range(n):
@@ -268,3 +277,29 @@ def test_gate_verdict_of_an_unusable_path_is_none_not_an_error():
     from serve.canary import read_gate_verdict
 
     assert read_gate_verdict("x" * 300)["verdict"] == "NONE"
+
+
+@pytest.mark.asyncio
+async def test_a_replica_adopts_the_stored_stable_and_judges_against_it(tmp_path):
+    """Two replicas on one store: one promotes, the other adopts the new stable on its next tick — its router and
+    its reward monitor (a new version there is judged against the new stable, not the one it started with)."""
+    store = MemoryStore()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = FakeGateway(tmp_path / "a"), FakeGateway(tmp_path / "b")
+    ca, cb = CanaryController(a, store, CFG), CanaryController(b, store, CFG)
+    await ca.start()
+    await cb.start()
+    try:
+        await ca.start_rollout("canary", "ops", None, stages=[0.5, 1.0], min_requests=10_000)
+        await ca.promote("ops", "ship it", full=True)
+        assert ca.state["rollout"]["state"] == "promoted" and a.router.stable == "canary"
+        await _until(lambda: b.router.stable == "canary")
+        monitor = b.quality.monitor
+        assert b.quality.stable == "canary" and b.router.weights["canary"] == 1.0
+        assert monitor._state("stable").baseline_of == "canary" and monitor._state("canary").baseline_of is None
+        b.add_version(VersionSpec(name="v3", url="http://v3"))
+        assert monitor._state("v3").baseline_of == "canary"
+    finally:
+        await ca.stop()
+        await cb.stop()
