@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.engines:
         model = args.model
         if name == "no-value-head":
-            from benchmarks.bench_serve import without_value_head
+            from benchmarks.systems import without_value_head
 
             model = without_value_head(args.model, work)
         result["engines"][name] = asyncio.run(_run_engine(name, model, args.batch, args.tokens, args.rounds))

@@ -47,8 +47,10 @@ class Ctx:
 
     def server_kwargs(self) -> dict:
         p = self.prof
+        # --disable-log-stats: aligngate's in-process engine runs with vLLM's stats logging off
+        # (serve/engine_vllm.py), so vLLM's own server does too: the same engine settings on both sides
         return {"dtype": p.dtype, "max_model_len": p.max_model_len, "enforce_eager": p.enforce_eager,
-                "extra": list(p.server_extra)}
+                "extra": [*p.server_extra, "--disable-log-stats"]}
 
     def vllm_server(self, name: str = "vllm") -> str:
         kw = self.server_kwargs()
@@ -106,6 +108,9 @@ class Ctx:
         r = H.new_result(self.scenario, self.prof, self.smoke, self.model, descriptions, baseline, self.argv)
         r["urls"] = {n: u for n, u in systems.items() if isinstance(u, str)}
         r["one_system_at_a_time"] = self.exclusive
+        r["engine_settings"] = {  # both sides' engine settings, so a reader can check they match
+            "aligngate_version": {**self.engine_fields(), "log_stats": False},
+            "vllm_server": {**self.server_kwargs(), "max_num_seqs": self.prof.max_num_seqs, "log_stats": False}}
         return r
 
     def stop(self) -> None:

@@ -10,6 +10,7 @@ PNG plots, the README section (`benchmarks.report`), process RSS/CPU (`benchmark
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from benchmarks.run_metrics import line, med, pct
 from benchmarks.venvs import ensure_venv
 
 __all__ = [  # the scenarios' `H.<name>`: the alternation (here) and what it re-exports from the modules above
-    "RATIO_METRICS", "Launcher", "alternate", "ratios", "rotate",
+    "RATIO_METRICS", "Launcher", "alternate", "ratios", "rotate", "round_load", "pooled_ratio_ci",
     "Load", "run_load", "process_cpu_s", "process_rss_mb", "PUBLIC_MODEL", "Profile", "default_model", "gateway_env",
     "gpu_present", "no_gpu_message", "profile", "version_spec", "RESULTS", "fmt", "new_result", "write", "line",
     "med", "ensure_venv",
@@ -37,6 +38,12 @@ def rotate(names: list[str], rnd: int) -> list[str]:
     which for two systems undid the rotation: A B every round.)"""
     k = rnd % len(names) if names else 0
     return names[k:] + names[:k]
+
+
+def round_load(load: Load, rnd: int) -> Load:
+    """Round r's load: the same shape with seed base + r, so every round brings new prompts (a repeated prompt set
+    leaves only the first round cold) while every system of one round gets the same prompts (the pairing)."""
+    return dataclasses.replace(load, seed=load.seed + rnd)
 
 
 class Launcher:
@@ -77,12 +84,12 @@ def alternate(systems: dict, loads: list[Load], rounds: int, baseline: str, toke
                 try:
                     for load in loads:
                         pre = before(name, load, rnd) if before else {}
-                        s = run_load(url, load, tokenizer, work, f"{name}-{load.label or load.rate}-{rnd}",
-                                     prof.slo_ms, prof.reward_floor)
+                        s = run_load(url, round_load(load, rnd), tokenizer, work,
+                                     f"{name}-{load.label or load.rate}-{rnd}", prof.slo_ms, prof.reward_floor)
                         s.update(pre or {})
                         if after:
                             s.update(after(name, load, rnd) or {})
-                        s["round"] = rnd
+                        s["round"], s["seed"] = rnd, load.seed + rnd
                         runs[load.label or load.rate][name].append(s)
                         print(f"[{load.label or load.rate}] round {rnd} " + line(name, s), flush=True)
                 finally:
@@ -97,12 +104,12 @@ def alternate(systems: dict, loads: list[Load], rounds: int, baseline: str, toke
         for rnd in range(rounds):
             for name in rotate(names, rnd):
                 pre = before(name, load, rnd) if before else {}
-                s = run_load(systems[name], load, tokenizer, work, f"{name}-{load.label or load.rate}-{rnd}",
-                             prof.slo_ms, prof.reward_floor)
+                s = run_load(systems[name], round_load(load, rnd), tokenizer, work,
+                             f"{name}-{load.label or load.rate}-{rnd}", prof.slo_ms, prof.reward_floor)
                 s.update(pre or {})
                 if after:
                     s.update(after(name, load, rnd) or {})
-                s["round"] = rnd
+                s["round"], s["seed"] = rnd, load.seed + rnd
                 runs[name].append(s)
                 print(f"[{load.label or load.rate}] round {rnd} " + line(name, s), flush=True)
         entry = {"label": load.label or f"{load.rate:g} req/s", "rate": load.rate, "load": load.describe(),
@@ -128,8 +135,32 @@ def ratios(runs: dict[str, list], baseline: str) -> dict:
             out[n][m] = {"median": statistics.median(ok) if ok else None, "rounds": v}
         mine, base = pooled_p99(rs), pooled_p99(runs[baseline])
         if mine and base:
-            out[n]["p99_e2el_ms_pooled"] = {"ratio": mine / base, n: mine, baseline: base}
+            lo, hi = pooled_ratio_ci(rs, runs[baseline])
+            out[n]["p99_e2el_ms_pooled"] = {"ratio": mine / base, "ci95": [lo, hi], n: mine, baseline: base}
     return out
+
+
+def pooled_ratio_ci(runs: list[dict], base_runs: list[dict], key: str = "e2el_ms_all", q: float = 99,
+                    reps: int = 2000, seed: int = 0) -> tuple[float | None, float | None]:
+    """Bootstrap 95% CI of the pooled-p99 ratio (runs over base_runs): each resample draws every round's requests
+    with replacement, within the round and system (so a round keeps its weight and the rounds' drift stays in),
+    pools them and takes the ratio of the p99s; the 2.5th and 97.5th percentiles of `reps` such ratios. A CI
+    wider than a target's margin means this run cannot judge the target."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    a = [np.asarray(r.get(key, []), dtype=float) for r in runs]
+    b = [np.asarray(r.get(key, []), dtype=float) for r in base_runs]
+    a, b = [x for x in a if x.size], [x for x in b if x.size]
+    if not a or not b:
+        return None, None
+
+    def draw(groups: list) -> np.ndarray:
+        return np.concatenate([g[rng.integers(0, g.size, g.size)] for g in groups])
+
+    ratios = [np.percentile(draw(a), q) / np.percentile(draw(b), q) for _ in range(reps)]
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def pooled_p99(runs: list[dict], key: str = "e2el_ms_all") -> float | None:

@@ -40,9 +40,10 @@ def markdown(result: dict) -> str:
     head = [f"**{result['scenario']}** — profile `{result['profile']}`{' (smoke)' if result['smoke'] else ''}, "
             f"{result['created']}; {m['cpu']}, {m['cores']} cores, GPU {m['gpu'] or 'none'}, load average at start "
             f"{m['loadavg_at_start'][0]:.1f}. SLOs for goodput: {slo}; reward floor {result['reward_floor']:g}. "
-            f"Medians over rounds (systems alternated A B / B A in one run).", "",
+            f"Per-system cells: medians over rounds (systems alternated A B / B A in one run, new prompts each "
+            f"round); the ratio leads with the pooled p99 (every request of every round) and its bootstrap CI.", "",
             "| load | system | TTFT p50/p90/p99 ms | TPOT p50/p90/p99 ms | ITL p50/p90/p99 ms | E2E p50/p90/p99 ms "
-            "| req/s | goodput | reward-goodput | ok / refused / failed | p99 E2E vs baseline: median of rounds / pooled |",
+            "| req/s | goodput | reward-goodput | ok / refused / failed | p99 E2E vs baseline: pooled [95% CI] / median of rounds |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in result["entries"]:
         for name, runs in e["runs"].items():
@@ -50,9 +51,11 @@ def markdown(result: dict) -> str:
                     for mt in METRICS}
             refused = med(runs, "refused_429_503")
             rr = e["ratio_over_baseline"].get(name, {})
+            pooled = rr.get("p99_e2el_ms_pooled") or {}
+            lo, hi = pooled.get("ci95") or (None, None)
             ratio = "baseline" if name == result["baseline"] else (
-                f"{fmt((rr.get('p99_e2el_ms') or {}).get('median'), 3)} / "
-                f"{fmt((rr.get('p99_e2el_ms_pooled') or {}).get('ratio'), 3)}")
+                f"**{fmt(pooled.get('ratio'), 3)}** [{fmt(lo, 2)}, {fmt(hi, 2)}] / "
+                f"{fmt((rr.get('p99_e2el_ms') or {}).get('median'), 3)}")
             head.append(f"| {e['label']} | {name} | {trip['ttft']} | {trip['tpot']} | {trip['itl']} | {trip['e2el']} | "
                         f"{fmt(med(runs, 'request_throughput'))} | {fmt(med(runs, 'request_goodput'))} | "
                         f"{fmt(med(runs, 'reward_goodput'))} | {fmt(med(runs, 'completed'), 0)} / {fmt(refused, 0)} / "

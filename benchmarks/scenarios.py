@@ -30,9 +30,9 @@ def _rates(ctx: Ctx) -> list[H.Load]:
     return [ctx.load(r) for r in ctx.prof.rates]
 
 
-# --- vs-vllm and reward: the systems of bench_serve.py ------------------------------------------------------
-def _bench_serve(ctx: Ctx, scenario: str) -> dict:
-    from benchmarks.bench_serve import start_systems
+# --- vs-vllm and reward: the systems of systems.py -----------------------------------------------------------
+def _paired(ctx: Ctx, scenario: str, rounds: int | None = None) -> dict:
+    from benchmarks.systems import start_systems
 
     names, baseline = {"vs-vllm": (["vllm", "aligngate"], "vllm"),
                        "reward": (["reward-off", "reward-on", "second-pass"], "reward-off")}[scenario]
@@ -53,31 +53,38 @@ def _bench_serve(ctx: Ctx, scenario: str) -> dict:
             "reward-on": "aligngate, in-pass reward (value head fused into the logits step)",
             "second-pass": "aligngate, reward read by one more engine step over prompt+response (reward_position=eos)"}
     result = ctx.result(systems, baseline, {n: desc[n] for n in systems})
-    result["entries"] = H.alternate(systems, _rates(ctx), ctx.prof.rounds, baseline, ctx.model, ctx.work, ctx.prof)
+    result["entries"] = H.alternate(systems, _rates(ctx), rounds or ctx.prof.rounds, baseline, ctx.model, ctx.work,
+                                    ctx.prof)
     return result
 
 
+VS_VLLM_MIN_ROUNDS = 5  # a 1% question: fewer rounds leave the pooled p99's CI far wider than the margin
+
+
 def vs_vllm(ctx: Ctx) -> dict:
-    r = _bench_serve(ctx, "vs-vllm")
+    r = _paired(ctx, "vs-vllm", None if ctx.smoke else max(ctx.prof.rounds, VS_VLLM_MIN_ROUNDS))
     r["summary"] = {"target": "aligngate p99 E2E ≤ 1.00× vLLM's own server (goal ≤ 0.95×)",
                     **_ratio_summary(r, "aligngate")}
     return r
 
 
 def reward(ctx: Ctx) -> dict:
-    r = _bench_serve(ctx, "reward")
+    r = _paired(ctx, "reward")
     r["summary"] = {**_ratio_summary(r, "reward-on"), **_ratio_summary(r, "second-pass")}
     return r
 
 
 def _ratio_summary(r: dict, name: str) -> dict:
+    """The headline first: the pooled p99 E2E ratio (every request of every round) with its bootstrap 95% CI;
+    then the median of the per-round ratios and the p50 / TTFT medians."""
     out = {}
     for e in r["entries"]:
         rr = e["ratio_over_baseline"].get(name, {})
-        pooled = (rr.get("p99_e2el_ms_pooled") or {}).get("ratio")
+        pooled = rr.get("p99_e2el_ms_pooled") or {}
+        lo, hi = pooled.get("ci95") or (None, None)
         out[f"{name} / {r['baseline']} at {e['label']}"] = (
-            f"p99 E2E {H.fmt((rr.get('p99_e2el_ms') or {}).get('median'), 3)}× (median of rounds; pooled over "
-            f"rounds {H.fmt(pooled, 3)}×), "
+            f"pooled p99 E2E {H.fmt(pooled.get('ratio'), 3)}× [95% CI {H.fmt(lo, 3)}, {H.fmt(hi, 3)}]; "
+            f"median of rounds {H.fmt((rr.get('p99_e2el_ms') or {}).get('median'), 3)}×, "
             f"p50 E2E {H.fmt((rr.get('p50_e2el_ms') or {}).get('median'), 3)}×, "
             f"p99 TTFT {H.fmt((rr.get('p99_ttft_ms') or {}).get('median'), 3)}×")
     return out

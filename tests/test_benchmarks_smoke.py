@@ -64,6 +64,9 @@ def test_serve_scenarios_smoke(tmp_path, cache_dir, scenario, systems):
     assert all(r["rewards_seen"] == 6 and r["reward_goodput"] is not None for r in runs[with_reward])
     no_reward = "vllm" if scenario == "vs-vllm" else "reward-off"
     assert all(r["reward_goodput"] is None for r in runs[no_reward])
+    settings = result["engine_settings"]  # both sides' engine settings are recorded, stats logging included
+    assert settings["aligngate_version"]["log_stats"] is False and settings["vllm_server"]["log_stats"] is False
+    assert "--disable-log-stats" in settings["vllm_server"]["extra"]
 
 
 def test_overhead_smoke(tmp_path, cache_dir):
@@ -85,6 +88,8 @@ def test_overload_smoke(tmp_path, cache_dir, vllm_server):
     result = check(proc, tmp_path, "overload", {"unloaded", "2x-capacity"})
     assert result["capacity"]["req_s"] > 0
     assert result["summary"]["gateway alive at the end"] is True
+    assert isinstance(result["summary"]["target met"], bool)  # p99 judged together with goodput / capacity
+    assert "goodput at 2× (req/s within every SLO) / capacity" in result["summary"]
     for r in ok_runs(result):  # every request is either answered or refused (status counted), none lost
         assert sum(r["status_counts"].values()) == r["completed"] + r["failed"]
         assert r["rss_after_mb"]["rss_mb"] > 0
