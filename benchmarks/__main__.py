@@ -6,6 +6,9 @@ Each run writes <scenario>_<profile>.json (with machine facts), .md (the table) 
 system; p99 vs request rate for sweeps) into --out, and, for full runs into benchmarks/results, refreshes the
 scenario's table in benchmarks/README.md.
 
+`python -m benchmarks best-of --pipeline DIR` (benchmarks/bench_best_of.py, its own flags: `best-of --help`):
+best-of-n by the in-pass value per k against the oracle, and the reward floor on the incident policy.
+
 Exit codes: 0 done, 2 cannot run here (e.g. --profile t4 without a GPU), 3 scenario skipped (e.g. LiteLLM
 would not install).
 """
@@ -65,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["best-of"]:  # its own flags: quality per k and the reward floor, not a load sweep
+        from benchmarks.bench_best_of import main as best_of
+
+        return best_of(argv[1:])
     args = build_parser().parse_args(argv)
     from benchmarks import harness as H
 

@@ -15,7 +15,9 @@ event (`type: timeout_error`) and `[DONE]`, as engine failures mid-stream do.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from typing import Protocol
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from serve import best_of
 from serve import openai_format as fmt
 from serve import reward as reward_stage
 from serve import tools
@@ -35,6 +38,7 @@ from serve.gateway import Gateway
 from serve.logs import get_logger
 from serve.ratelimit import RateLimited, RateLimiter, TooLargeForKey
 from serve.reward import Reward, RewardTracker
+from serve.reward_floor import FallbackReport, below_floor
 from serve.router import Route, UnknownModel
 from serve.schemas import ChatCompletionRequest, CompletionRequest
 from serve.streaming import EventStream, RequestTimeout, RequestWatch
@@ -339,6 +343,7 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
     _check_limits(gw, body)
     sticky = body.user or request.headers.get("x-session-id")
     route, engine = _route(gw, body.model, sticky)
+    best_k = _best_of_k(gw, body, engine)  # None: a plain request; else the reward-guided path (k candidates)
     req = _generation_request(body)
     if req.max_tokens is None:
         req.max_tokens = gw.settings.limits.max_tokens_cap
@@ -376,9 +381,11 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
 
     vm = gw.metrics.version(engine.name)
     vm.in_flight.inc()
-    agen = engine.generate(req)
+    agen = engine.generate(req) if best_k is None else None
     handed_over = False
     try:
+        if best_k is not None:
+            return await _guided(call, req, body, headers, best_k, guards)
         try:
             first: Step = await agen.__anext__()
         except StopAsyncIteration:
@@ -432,7 +439,8 @@ async def handle(gw: Gateway, request: Request, body: ChatCompletionRequest | Co
     finally:
         if not handed_over:
             watch.stop()
-            await agen.aclose()
+            if agen is not None:
+                await agen.aclose()
             call.done()
 
 
@@ -516,3 +524,193 @@ async def _stream(call: Call, agen: AsyncIterator[Step], first: Step) -> AsyncIt
         call.completion_tokens = step.completion_tokens
         await agen.aclose()
         call.done()
+
+
+# --- reward-guided serving (issue 20): best-of-n by the in-pass value, the reward floor -------------------------
+def _best_of_k(gw: Gateway, body: ChatCompletionRequest | CompletionRequest, engine: Engine) -> int | None:
+    """The candidates asked for (the request's `best_of`, else the version's default), checked; None when the
+    request takes the plain path (no best_of, and no reward floor that applies to it)."""
+    spec = gw.specs.get(engine.name)
+    k = body.best_of
+    if k is None:
+        if body.n > 1 or spec is None or not engine.has_value_head:
+            return None
+        if spec.best_of > 1:
+            return spec.best_of
+        # a floor needs the whole answer before the first byte: non-stream requests only
+        return 1 if spec.reward_floor is not None and not body.stream else None
+    if k < 1:
+        raise APIError(400, f"best_of is {k}; send an integer k >= 1 (the number of candidates to choose from)",
+                       param="best_of", code="invalid_value")
+    kmax = spec.best_of_max if spec is not None else 8
+    if k > kmax:
+        raise APIError(400, f"best_of is {k}; version `{engine.name}` allows at most {kmax} (its best_of_max); "
+                            f"send best_of <= {kmax}", param="best_of", code="invalid_value")
+    if body.n > 1:
+        raise APIError(400, f"best_of returns one answer, chosen by reward, so it cannot be combined with n = {body.n}; "
+                            "send n = 1 (or leave n out) with best_of, or n choices without best_of",
+                       param="best_of", code="invalid_value")
+    if not engine.has_value_head:
+        raise APIError(400, f"version `{engine.name}` has no value head, so there is no in-pass reward to choose by; "
+                            "leave best_of out or send the request to a version with a value head",
+                       param="best_of", code="invalid_value")
+    return k
+
+
+async def _score(call: Call, engine: Engine, c: best_of.Candidate) -> Reward | None:
+    gw = call.gw
+    return (await reward_stage.rewards(engine, c.tracker, c.step.prompt_token_ids, gw.settings.reward_position,
+                                       call.client_logprobs, gw.quality.cache, call.prompt_text))[0]
+
+
+def _cross_check(call: Call, text: str, score: float, k: int) -> None:
+    """A sampled share of the best-of choices goes to the audit model; the value-minus-audit gap (both on 0-1)
+    feeds the over-optimisation alarm (serve/best_of.py AuditCrossCheck). Off the request path."""
+    gw, version = call.gw, call.engine.name
+    spec, audit = gw.specs.get(version), gw.quality.audit
+    if k < 2 or audit is None or spec is None or random.random() >= spec.best_of_audit_fraction:
+        return
+    try:
+        value01 = gw.quality.monitor._state(version).scale.to01(score)  # the monitor's own reward scale
+    except Exception:
+        value01 = min(1.0, max(0.0, score))
+    fut = audit.submit(call.prompt_text, text, version, f"{call.rid}-bestof")
+    if fut is None:  # the audit queue is full: this choice goes unaudited
+        return
+
+    def done(f: asyncio.Future) -> None:
+        if not f.cancelled() and f.exception() is None:
+            gw.best_of_audit.record(version, value01, float(f.result().reward), spec.best_of_audit_gap_max)
+    fut.add_done_callback(done)
+
+
+async def _floor_score(call: Call, text: str, reward: Reward | None, source: str) -> float | None:
+    """The score the floor is compared with: the in-pass value, or the audit model's 0-1 score of the answer
+    (None when there is no audit model or it did not answer in time: the floor is then not applied)."""
+    if source == "value":
+        return reward.score if reward is not None else None
+    audit = call.gw.quality.audit
+    if audit is None:
+        return None
+    fut = audit.submit(call.prompt_text, text, call.engine.name, f"{call.rid}-floor")
+    (res,) = await _audit_results([fut], call.gw.settings.audit_wait_timeout_s)
+    return res["score"] if res else None
+
+
+async def _fallback(call: Call, req, report: FallbackReport, budget_s: float):
+    """The refused answer's request, answered again on the fallback version within the budget (or None)."""
+    gw = call.gw
+    target = gw.engines.get(report.to_version)
+    if target is None or not target.ready:
+        report.reason = f"fallback version `{report.to_version}` is not serving"
+        return None, None
+    if target is call.engine:
+        report.reason = "the fallback version is this version"
+        return None, None
+    fb_req = dataclasses.replace(req, request_id=f"{req.request_id}-fallback", n=1)
+    try:
+        (fb,) = await asyncio.wait_for(best_of.sample(target, fb_req, 1, call.tracker.keep_tokens), budget_s)
+    except TimeoutError:
+        report.reason = f"no fallback answer within fallback_budget_s ({budget_s:g} s)"
+        return None, None
+    except (EngineError, EngineBadRequest, EngineNotReady) as e:
+        report.reason = f"the fallback version failed: {e}"
+        return None, None
+    report.answered = True
+    return fb, await _score(call, target, fb)
+
+
+async def _guided(call: Call, req: GenerationRequest, body: ChatCompletionRequest | CompletionRequest,
+                  headers: dict, k_asked: int, guards: Guards | None) -> Response:
+    """k candidates (fewer under load), the highest reward chosen, the floor checked, then one answer sent.
+
+    Streaming: the choice needs every candidate whole, so nothing is sent until it is made; then the chosen answer
+    goes out at once (opening, its chunks, the tail). The client's time to first token is therefore the time of the
+    choice, and that is what aligngate_ttft_seconds records for these requests (never one candidate streamed and
+    another returned). usage.completion_tokens counts every candidate's tokens (and a fallback answer's): that is
+    what the engine generated; usage.prompt_tokens counts the prompt once (prefix caching computes it once)."""
+    gw, engine = call.gw, call.engine
+    spec = gw.specs[engine.name]
+    k = k_asked
+    if guards is not None and k > 1 and spec.best_of_adaptive:
+        slots = guards.admission.for_version(engine.name, spec)
+        k = best_of.effective_k(k, slots.active, len(slots.waiters), slots.limit, slots.max_limit)
+    gw.best_of_metrics.record(engine.name, k_asked, k)
+    cands = await best_of.sample(engine, req, k, call.tracker.keep_tokens, body.return_values)
+    firsts = [c.first_step_s for c in cands if c.first_step_s is not None]
+    # the engine's first step: what admission's adaptive limit measures (the client's TTFT is recorded below)
+    call.ttft = (min(firsts) if firsts else time.perf_counter()) - call.t0
+    prompt_tokens = cands[0].step.prompt_tokens
+    _check_prompt_tokens(gw, call.kind, prompt_tokens)
+    rewards = [await _score(call, engine, c) for c in cands]
+    scores = [r.score if r is not None else None for r in rewards]
+    idx = best_of.choose(scores, [c.completion_tokens for c in cands], spec.best_of_rule, spec.best_of_length_ratio)
+    chosen, reward = cands[idx], rewards[idx]
+    generated = sum(c.completion_tokens for c in cands)
+    # the monitor, the gate's reward input and the audit see the chosen answer: the one this version would show
+    call.tracker = chosen.tracker
+    call.completion_tokens = chosen.completion_tokens
+    if reward is not None:
+        gw.stats.record_reward(engine.name, reward.score)
+        _cross_check(call, chosen.text(), reward.score, k)
+    if call.wait_audit:
+        call.audits = await _audit_results(call._observe([reward], wait=True), gw.settings.audit_wait_timeout_s)
+    else:
+        asyncio.get_running_loop().call_soon(call._observe, [reward])
+
+    answer, answer_reward, ag = chosen, reward, dict(call.extra["aligngate"])
+    if spec.reward_floor is not None:
+        checked = await _floor_score(call, chosen.text(), reward, spec.reward_floor_source)
+        hit = below_floor(checked, spec.reward_floor)
+        outcome = "fallback"
+        if hit:
+            report = FallbackReport(engine.name, spec.fallback_version or gw.router.stable, spec.reward_floor,
+                                    checked, False, spec.reward_floor_source)
+            fb, fb_reward = await _fallback(call, req, report, spec.fallback_budget_s)
+            if fb is not None:
+                answer, answer_reward = fb, fb_reward
+                generated += fb.completion_tokens
+                ag["version"] = headers["x-aligngate-version"] = report.to_version
+            else:
+                outcome = "kept"
+            ag["fallback"] = report.as_dict()
+        gw.floor_hits.record(engine.name, hit, spec.fallback_share_max, outcome)
+    call.used_tokens = prompt_tokens + generated
+    if body.best_of is not None or k_asked > 1:
+        ag["best_of"] = {"k": k, "requested": k_asked, "chosen": idx, "scores": scores, "rule": spec.best_of_rule,
+                         "completion_tokens": [c.completion_tokens for c in cands]}
+    ag["reward"] = answer_reward.as_dict() if answer_reward is not None else None
+    if call.wait_audit:
+        ag["audit"] = (call.audits or [None])[0]
+    if body.return_values:
+        ag["traces"] = answer.tracker.traces()
+    extra = {"aligngate": ag}
+    gw.metrics.version(engine.name).tokens.inc(generated)
+
+    if body.stream:
+        call.include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        if call.render is not None:
+            chunker: Chunker = call.render.chunker(call.rid, {"aligngate": {k_: v for k_, v in ag.items()
+                                                                           if k_ in ("version", "routed_by")}})
+        else:
+            chunker = (fmt.ChatChunker if call.kind == "chat" else fmt.CompletionChunker)(
+                call.rid, call.model, 1, {"aligngate": {"version": ag["version"], "routed_by": ag["routed_by"]}})
+        data = (chunker.opening() + b"".join([chunker.chunk(d) for d in answer.deltas])
+                + chunker.tail(prompt_tokens, generated, call.include_usage, extra))
+        gw.metrics.version(engine.name).ttft.observe(time.perf_counter() - call.t0)  # honest: after the choice
+
+        async def once() -> AsyncIterator[bytes]:
+            yield data
+        return EventStream(once(), call.watch, {**headers, "Cache-Control": "no-cache"})
+    gw.metrics.version(engine.name).ttft.observe(call.ttft)
+    acc = fmt.Accumulator(1)
+    for d in answer.deltas:
+        acc.add(d)
+    if call.render is not None:
+        payload = call.render.body(acc, call.rid, prompt_tokens, generated, extra)
+    elif call.kind == "chat":
+        payload = acc.chat_body(call.rid, body.model, prompt_tokens, generated, extra)
+    else:
+        prefix = body.prompt if body.echo else ""
+        payload = acc.completion_body(call.rid, body.model, prompt_tokens, generated, extra, prefix)
+    return JSONResponse(payload, headers=headers)

@@ -62,6 +62,39 @@ class VersionSpec(BaseModel):
     max_concurrency: int | None = Field(None, ge=1, description="requests in flight on this version (default: "
                                                                 "limits.max_concurrency)")
     max_queue: int | None = Field(None, ge=0, description="requests waiting for a slot (default: limits.max_queue)")
+    # reward-guided serving (issue 20): serve/best_of.py, serve/reward_floor.py
+    best_of: int = Field(1, ge=1, description="candidates sampled per request when the request gives no `best_of` "
+                                              "(the one with the highest in-pass reward is returned)")
+    best_of_max: int = Field(8, ge=1, description="largest `best_of` a request may ask for on this version (400 above)")
+    best_of_adaptive: bool = Field(True, description="k shrinks towards 1 as the version's admission slots fill "
+                                   "(serve/best_of.py effective_k); false: always the k asked for")
+    best_of_rule: Literal["max", "max_length_guard"] = Field(
+        "max", description="max: the highest reward; max_length_guard: the highest among candidates no longer than "
+                           "best_of_length_ratio x the candidates' median length (length hacking of the value head)")
+    best_of_length_ratio: float = Field(1.5, gt=1.0)
+    best_of_audit_fraction: float = Field(0.2, ge=0.0, le=1.0, description="share of best-of-n choices (k > 1) "
+                                          "scored by the audit reward model (the over-optimisation cross-check)")
+    best_of_audit_gap_max: float = Field(0.3, gt=0.0, description="alarm when the mean (value - audit) gap of the "
+                                         "audited choices, both on 0-1, exceeds this")
+    reward_floor: float | None = Field(None, description="an answer whose in-pass reward (the value's own scale) is "
+                                       "below this is regenerated on `fallback_version` (non-stream requests)")
+    reward_floor_source: Literal["value", "audit"] = Field(
+        "value", description="what the floor is compared with: the in-pass value (free; its own scale) or the audit "
+                             "reward model's 0-1 score of the answer (waited for, audit_wait_timeout_s at most; needs "
+                             "audit_model_dir). A policy that hacked its reward model has a value head that likes its "
+                             "own bad answers: only the audit floor catches it")
+    fallback_version: str | None = Field(None, description="where floor hits are regenerated (default: stable)")
+    fallback_budget_s: float = Field(10.0, gt=0, description="longest wait for the fallback answer; past it the "
+                                     "original answer is returned, marked as such")
+    fallback_share_max: float | None = Field(0.2, ge=0.0, le=1.0, description="canary gate input: an alarm (so no "
+                                             "promotion) while more than this share of the version's answers fell "
+                                             "back (at least 10 answers in the last 10 minutes); null: off")
+
+    @model_validator(mode="after")
+    def _best_of_in_range(self) -> "VersionSpec":
+        if self.best_of > self.best_of_max:
+            raise ValueError(f"version {self.name!r}: best_of ({self.best_of}) exceeds best_of_max ({self.best_of_max})")
+        return self
 
     @model_validator(mode="after")
     def _one_backend(self) -> "VersionSpec":

@@ -11,6 +11,7 @@ import gc
 
 from serve import engine_procs
 from serve.admission import Admission
+from serve.best_of import AuditCrossCheck, BestOfMetrics
 from serve.config import Settings, VersionSpec
 from serve.drain import Drain
 from serve.engine import Engine
@@ -21,6 +22,7 @@ from serve.lifecycle import Lifecycle
 from serve.logs import get_logger
 from serve.metrics import Metrics
 from serve.quality import Quality
+from serve.reward_floor import FloorHits
 from serve.router import Router
 from serve.shadow import Shadow
 from serve.stats import Stats
@@ -52,6 +54,11 @@ class Gateway:
         self.shadow = Shadow(self.metrics.registry)
         self.stats = Stats()  # per-version outcome windows: the canary gate's inputs
         self.alarm_sources: list = [self.quality.monitor]  # serve.alarms.AlarmSource
+        # reward-guided serving (issue 20): k used per version, floor hits and the audit cross-check as gate alarms
+        self.best_of_metrics = BestOfMetrics(self.metrics.registry)
+        self.best_of_audit = AuditCrossCheck(self.best_of_metrics)
+        self.floor_hits = FloorHits(self.metrics.registry)
+        self.alarm_sources += [self.best_of_audit, self.floor_hits]
         self.controller = None  # serve.canary.CanaryController, made in start()
         self.stats_sync = None  # serve.stats_sync.StatsSync with a Redis: every replica's outcomes in self.stats
         # restarts dead in-process engines, re-admits remote versions whose backends answer again

@@ -22,7 +22,7 @@ Role = Literal["system", "developer", "user", "assistant", "tool"]
 # this field type alone lets integral floats through (schemathesis: `"seed": 1e3` was refused), and
 # `_Common._json_integers` keeps strings and booleans out.
 Int = Annotated[int, Field(strict=False)]
-INT_FIELDS = ("max_tokens", "n", "seed", "min_tokens", "max_completion_tokens", "top_logprobs")
+INT_FIELDS = ("max_tokens", "n", "seed", "min_tokens", "max_completion_tokens", "top_logprobs", "best_of")
 
 
 class TextPart(BaseModel):
@@ -78,6 +78,9 @@ class _Common(BaseModel):
     # aligngate extension: wait for the audit reward model's score of this answer and return it in
     # `aligngate.audit` (adds the audit batcher's delay to this request only; null when no audit model is set)
     wait_for_audit: bool = False
+    # aligngate extension (chat too; OpenAI's legacy completions field): sample k candidates, return the one with
+    # the highest in-pass reward (serve/best_of.py); checked against the version's best_of_max once routed
+    best_of: Int | None = None
     # vLLM extensions, honoured because `vllm bench serve` and vLLM users send them
     ignore_eos: bool = False
     min_tokens: Annotated[Int, Field(ge=0)] | None = None

@@ -56,9 +56,7 @@ CHAT: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 COMPLETION: dict[str, tuple[Callable[[Any], bool], str]] = {
     "suffix": (_null, "insertion (`suffix`) is not supported; remove it"),
-    # best_of = n is plain sampling; more candidates than returned choices is not implemented
-    "best_of": (lambda v: v is None or (type(v) in (int, float) and v == 1),
-                "`best_of` above 1 is not supported; send `n` choices instead"),
+    # `best_of` is honoured (serve/best_of.py: the candidate with the highest in-pass reward), declared in schemas
 }
 
 
@@ -103,7 +101,6 @@ class ChatUnhonoured(BaseModel):
 
 class CompletionUnhonoured(BaseModel):
     suffix: Null = None
-    best_of: Annotated[int, Field(strict=False, ge=1, le=1)] | None = None  # 1 and 1.0, as JSON Schema says
 
     @field_validator(*COMPLETION, mode="before")
     @classmethod

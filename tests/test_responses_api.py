@@ -161,7 +161,7 @@ def test_unhonoured_chat_field_400(client, param, kw):
     assert f"`{param}`" in err["message"], err
 
 
-@pytest.mark.parametrize("param,kw", [("suffix", dict(suffix="!")), ("best_of", dict(best_of=3))])
+@pytest.mark.parametrize("param,kw", [("suffix", dict(suffix="!"))])  # best_of is honoured (tests/test_best_of.py)
 def test_unhonoured_completion_field_400(client, param, kw):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="aligngate", prompt="1+1=", max_tokens=2, **kw)
