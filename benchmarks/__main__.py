@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = "\n".join(f"  {name:<11} {desc}" for name, (_, desc) in SCENARIOS.items())
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks", description=__doc__.split("\n\n")[0] + "\n\nscenarios:\n" + listing,
+        prog="python -m benchmarks", description=__doc__.split("\n\n")[0] + "\n\nscenarios:\n" + listing
+        + "\n  soak        a long run of one gateway under traffic and faults: `python -m benchmarks soak --help`",
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenario", choices=list(SCENARIOS), metavar="scenario", help="one of: " + ", ".join(SCENARIOS))
     p.add_argument("--profile", choices=["cpu", "t4"], default="cpu",
@@ -72,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.bench_best_of import main as best_of
 
         return best_of(argv[1:])
+    if argv[:1] == ["soak"]:  # its own flags and --help: a long run of one gateway, not a side-by-side comparison
+        from benchmarks.soak import main as soak_main
+
+        return soak_main(argv[1:])
     args = build_parser().parse_args(argv)
     from benchmarks import harness as H
 

@@ -44,6 +44,19 @@ def _dump(pid: int, out: Path) -> str:
     return text
 
 
+async def _dump_all(version: str, dumps: Path, stem: str) -> dict[str, str]:
+    """py-spy dumps of this process (the gateway side) and of the version's EngineCore and its workers."""
+    from serve import engine_procs
+
+    out = {}
+    cores = engine_procs.pids(version)
+    for pid in [os.getpid(), *cores, *(d for c in cores for d in engine_procs.descendants(c))]:
+        f = dumps / f"{stem}-{pid}.txt"
+        await asyncio.to_thread(_dump, pid, f)
+        out[str(pid)] = str(f.relative_to(RESULTS.parent.parent))
+    return out
+
+
 async def _trickle(engine, stop: asyncio.Event, counts: dict) -> None:
     """A steady small load on the running engine (its OpenMP threads are busy, as in a serving gateway)."""
     from serve.engine import GenerationRequest
@@ -96,7 +109,12 @@ async def run(args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             rec: dict = {"cycle": k}
             try:
-                await asyncio.wait_for(b.start(), args.deadline)
+                start = asyncio.ensure_future(b.start())
+                done, _ = await asyncio.wait({start}, timeout=min(args.dump_after, args.deadline))
+                if not done:  # slow but not (yet) a stall: take the evidence while it is happening, keep waiting
+                    rec["slow_dumps"] = await _dump_all(b.name, dumps, f"{variant}-cycle{k}-slow")
+                    rec["slow_dumps_at_s"] = round(time.perf_counter() - t0, 2)
+                await asyncio.wait_for(start, max(0.0, args.deadline - (time.perf_counter() - t0)))
                 rec["start_s"] = round(time.perf_counter() - t0, 2)
                 req = GenerationRequest(request_id=f"b-{k}", kind="completion", prompt="2+2=", max_tokens=4)
                 async for _ in b.generate(req):
@@ -104,12 +122,7 @@ async def run(args: argparse.Namespace) -> dict:
                 rec["outcome"] = "ok"
             except asyncio.TimeoutError:
                 rec["outcome"] = "stall"
-                rec["dumps"] = {}
-                cores = engine_procs.pids(b.name)
-                for pid in [os.getpid(), *cores, *(d for c in cores for d in engine_procs.descendants(c))]:
-                    f = dumps / f"{variant}-cycle{k}-{pid}.txt"
-                    await asyncio.to_thread(_dump, pid, f)
-                    rec["dumps"][str(pid)] = str(f.relative_to(RESULTS.parent.parent))
+                rec["dumps"] = await _dump_all(b.name, dumps, f"{variant}-cycle{k}")
                 rec["killed"] = engine_procs.kill_version(b.name)
             except Exception as e:  # noqa: BLE001
                 rec["outcome"], rec["error"] = "error", repr(e)
@@ -134,9 +147,11 @@ def _write(args: argparse.Namespace, variant: str, cycles: list[dict], counts: d
     out = {"variant": variant, "bind": args.bind, "omp_wait_policy": args.omp_wait, "deadline_s": args.deadline,
            "cycles": len(cycles), "stalls": stalls, "errors": sum(c["outcome"] == "error" for c in cycles),
            "start_s_median": sorted(starts)[len(starts) // 2] if starts else None,
-           "start_s_max": max(starts) if starts else None, "trickle": counts, "per_cycle": cycles,
+           "start_s_max": max(starts) if starts else None,
+           "slow_starts": sum("slow_dumps" in c for c in cycles), "dump_after_s": args.dump_after,
+           "trickle": counts, "per_cycle": cycles,
            "machine_load_1m": os.getloadavg()[0], "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    path = RESULTS / f"stall_loop-{variant}.json"
+    path = RESULTS / f"stall_loop-{variant}{'-' + args.tag if args.tag else ''}.json"
     path.write_text(json.dumps(out, indent=1))
     return out
 
@@ -145,6 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cycles", type=int, default=10)
     p.add_argument("--deadline", type=float, default=120.0, help="a start longer than this is a stall (s)")
+    p.add_argument("--dump-after", type=float, default=60.0,
+                   help="a start still running after this many seconds is slow: py-spy dumps are taken then "
+                        "(evidence while it happens) and the wait goes on until --deadline")
+    p.add_argument("--tag", default="", help="appended to the results file name (e.g. 50cycles)")
     p.add_argument("--bind", default="auto", help="VLLM_CPU_OMP_THREADS_BIND: auto, nobind, or 'A/B' per engine "
                                                   "(e.g. 0/1: engine A on core 0, engine B on core 1)")
     p.add_argument("--omp-wait", choices=["PASSIVE", "ACTIVE"], default=None, help="OMP_WAIT_POLICY")
