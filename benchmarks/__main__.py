@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start each engine-backed system only while it runs (always on with a GPU profile: two "
                         "engines cannot share one 16 GB T4); rounds then go A: all rates, B: all rates, B, A, ...")
     p.add_argument("--admission", choices=["adaptive", "fifo"], default="adaptive",
-                   help="overload: the gateway's latency-bounded admission (limits.adaptive, serve/adaptive.py; "
+                   help="overload: the gateway's latency-bounded admission (limits.adaptive, serve/admission/adaptive.py; "
                         "default) or the plain bounded FIFO queue (limits.max_queue)")
     p.add_argument("--adaptive", default="{}", metavar="JSON",
                    help="overload, --admission adaptive: the limits.adaptive settings, e.g. "

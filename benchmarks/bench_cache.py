@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import machine_facts  # noqa: E402
-from serve.cache import CacheConfig, RewardCache  # noqa: E402
+from serve.rewards.cache import CacheConfig, RewardCache  # noqa: E402
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -172,7 +172,7 @@ async def bench_replay(url: str | None, n: int) -> dict:
 
 
 def bench_audit(rm_dir: str | None, repeats: int) -> dict:
-    from serve.audit import benchmark_backends
+    from serve.rewards.audit import benchmark_backends
 
     if rm_dir is None:
         import torch

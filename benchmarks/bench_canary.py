@@ -106,7 +106,7 @@ async def fault_to_rollback(url: str, kind: str, rate: float, warmup_s: float = 
     reason = st["rollout"].get("reason")
     failed = [r for r in results if r[2] != 200]
     # error answers carry no version header: the sticky bucket of the user says where the request went
-    from serve.router import Router
+    from serve.rollout.router import Router
 
     at10 = Router("aligngate", ["stable", "canary"], {"stable": 0.9, "canary": 0.1})
     after = [r for r in results if t_rb and r[0] > t_rb + 0.5]
@@ -145,8 +145,8 @@ def tiny_model() -> Path:
 
 
 def routing_overhead(n: int = 100_000) -> dict:
-    from serve.router import Router
-    from serve.stats import Stats
+    from serve.rollout.router import Router
+    from serve.rollout.stats import Stats
 
     r = Router("aligngate", ["stable", "canary", "v2"], {"stable": 0.85, "canary": 0.1, "v2": 0.05})
     s = Stats()

@@ -3,7 +3,7 @@
 The `reward` scenario measures the whole gateway under Poisson load, where one run's p99 moves by more than the
 effect. This isolates the read-out: one vLLM `AsyncLLM` serving the value-head model, a closed batch of N
 requests (same 64-token prompts, `ignore_eos`, T new tokens), and rounds alternating between requests that ask
-for the value slots' logprobs (`logprob_token_ids`, what `serve.engine_vllm` sends when the reward is on) and
+for the value slots' logprobs (`logprob_token_ids`, what `serve.engines.engine_vllm` sends when the reward is on) and
 requests that do not (the value is still computed in `compute_logits`, just not returned). Same engine, same
 batch, interleaved: the difference is the read-out and nothing else. Per request, TPOT = (last token time - first
 token time) / (T - 1); a round's figure is the median over the batch; the result is the median over rounds, and
@@ -13,8 +13,8 @@ noisy estimate of the intrinsic cost).
 Engines, one after the other:
   no-value-head   the same weights without the head (the floor: what a policy without a reward pays)
   vllm-gather     the value-head model with vLLM's own `Sampler.gather_specific_token_logprobs` (a Python loop)
-  patched         the slots' logprobs with `serve.vllm_patches.apply_sampler` (one broadcast index)
-  shm             the shared-memory table (`serve.value_table`; no logprobs at all; aligngate's default on CPU):
+  patched         the slots' logprobs with `serve.vllm_ext.vllm_patches.apply_sampler` (one broadcast index)
+  shm             the shared-memory table (`serve.vllm_ext.value_table`; no logprobs at all; aligngate's default on CPU):
                   "on" rounds hold a table row per request and read each new position as the output arrives
 
     .venv/bin/python -m benchmarks.bench_readout                                   # tiny default model
@@ -50,10 +50,10 @@ async def _run_engine(name: str, model: str, batches: list[int], tokens: int, ro
     from vllm.sampling_params import RequestOutputKind, SamplingParams
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from serve import vllm_patches
-    from serve.engine_vllm import value_params
-    from serve.value_slots import read_value_slots
-    from serve.value_table import ValueTable
+    from serve.vllm_ext import vllm_patches
+    from serve.engines.engine_vllm import value_params
+    from serve.vllm_ext.value_slots import read_value_slots
+    from serve.vllm_ext.value_table import ValueTable
 
     slots = read_value_slots(model)
     os.environ[vllm_patches.SAMPLER_PATCH_ENV] = "0" if name == "vllm-gather" else "1"  # read by the worker
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         from serve.default_models import ensure_default_models
 
         args.model = next(v.model for v in ensure_default_models(Settings().cache_dir) if v.name == "stable")
-    import serve.vllm_plugin  # noqa: F401  (the value-head class; vLLM also loads it by entry point)
+    import serve.vllm_ext.vllm_plugin  # noqa: F401  (the value-head class; vLLM also loads it by entry point)
 
     result = {"benchmark": "readout", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "command": "python -m benchmarks.bench_readout " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -48,7 +48,7 @@ class Ctx:
     def server_kwargs(self) -> dict:
         p = self.prof
         # --disable-log-stats: aligngate's in-process engine runs with vLLM's stats logging off
-        # (serve/engine_vllm.py), so vLLM's own server does too: the same engine settings on both sides
+        # (serve/engines/engine_vllm.py), so vLLM's own server does too: the same engine settings on both sides
         return {"dtype": p.dtype, "max_model_len": p.max_model_len, "enforce_eager": p.enforce_eager,
                 "extra": [*p.server_extra, "--disable-log-stats"]}
 

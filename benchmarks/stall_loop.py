@@ -1,10 +1,10 @@
 """Reproduce the in-process engine start-up stall on demand (issue 21 item 1).
 
 What the gateway does when a version is registered beside a serving one, in a loop: one process (like the
-gateway) runs engine A (`serve.engine_vllm.VLLMEngine`, the tiny default stable model) under a steady trickle of
+gateway) runs engine A (`serve.engines.engine_vllm.VLLMEngine`, the tiny default stable model) under a steady trickle of
 requests, and starts a second engine B beside it, `--cycles` times: start (with a deadline), one request, stop.
 A start past the deadline is a stall: py-spy dumps of this process's threads and of B's EngineCore and Worker
-are saved, then B's processes are killed (serve.engine_procs) and the loop goes on.
+are saved, then B's processes are killed (serve.engines.engine_procs) and the loop goes on.
 
 Suspects are switched by the environment every engine process inherits (`--bind`, `--omp-wait`):
 `VLLM_CPU_OMP_THREADS_BIND` (auto: every engine's worker binds core 0 on this 2-core machine; `nobind`; or a
@@ -46,7 +46,7 @@ def _dump(pid: int, out: Path) -> str:
 
 async def _dump_all(version: str, dumps: Path, stem: str) -> dict[str, str]:
     """py-spy dumps of this process (the gateway side) and of the version's EngineCore and its workers."""
-    from serve import engine_procs
+    from serve.engines import engine_procs
 
     out = {}
     cores = engine_procs.pids(version)
@@ -59,7 +59,7 @@ async def _dump_all(version: str, dumps: Path, stem: str) -> dict[str, str]:
 
 async def _trickle(engine, stop: asyncio.Event, counts: dict) -> None:
     """A steady small load on the running engine (its OpenMP threads are busy, as in a serving gateway)."""
-    from serve.engine import GenerationRequest
+    from serve.engines.engine import GenerationRequest
 
     i = 0
     while not stop.is_set():
@@ -76,11 +76,11 @@ async def _trickle(engine, stop: asyncio.Event, counts: dict) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    from serve import engine_procs
+    from serve.engines import engine_procs
     from serve.config import VersionSpec
     from serve.default_models import ensure_default_models
-    from serve.engine import GenerationRequest
-    from serve.engine_vllm import VLLMEngine
+    from serve.engines.engine import GenerationRequest
+    from serve.engines.engine_vllm import VLLMEngine
 
     models = Path(args.cache_dir) / "models"
     if not (models / "default-stable").exists():

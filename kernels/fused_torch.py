@@ -15,7 +15,7 @@ nothing of size [T, V] beyond the logits themselves:
    `exp` twice: at T=128, V=32000 it measured ~4x slower than this on one core here.
 
 Why fusing matters at all: the arithmetic of a value head is tiny. The saving that counts is structural — the
-value comes out of the *policy's own* forward pass instead of a second model forward (serve/value_slots.py);
+value comes out of the *policy's own* forward pass instead of a second model forward (serve/vllm_ext/value_slots.py);
 this module makes sure the heads themselves then add (almost) nothing on top of the LM head.
 """
 

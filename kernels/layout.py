@@ -1,6 +1,6 @@
 """Where a value head lives inside a policy's HF directory: file and key names, and a header-only search.
 
-The gateway reads these on its import chain (`serve.value_slots`), and a replica whose versions are all remote
+The gateway reads these on its import chain (`serve.vllm_ext.value_slots`), and a replica whose versions are all remote
 vLLM servers never needs torch; `kernels.value_head` (the module that loads and saves heads) uses the same names.
 
 Layouts found by `find_value_head`:

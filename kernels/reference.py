@@ -14,7 +14,7 @@ Two deliberate choices, so nobody has to guess:
 
 `norm_weight=None` means `h` is already normalised (the model applied its final norm itself).
 
-The reserved-slot encoding (serve/value_slots.py) carries the value through vLLM's sampler, which has
+The reserved-slot encoding (serve/vllm_ext/value_slots.py) carries the value through vLLM's sampler, which has
 no public way to return an extra scalar: column A gets `value - 1000`, column B gets `-1000`. Both have zero
 probability (never sampled; they are also masked with `logit_bias`), and because log-probabilities share one
 normaliser, `logprob[A] - logprob[B] == value` exactly. See `encode_value_slots` / `decode_value_slots`.

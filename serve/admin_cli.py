@@ -17,7 +17,7 @@ def _key(args) -> str | None:
         return args.admin_key
     if os.environ.get("ALIGNGATE_ADMIN_KEY"):
         return os.environ["ALIGNGATE_ADMIN_KEY"]
-    from serve.admin import local_key_path
+    from serve.api.admin import local_key_path
     from serve.config import Settings
 
     path = local_key_path(Settings())

@@ -10,7 +10,7 @@ from pathlib import Path
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from serve.app import create_app
+    from serve.api.app import create_app
     from serve.config import Settings, VersionSpec
     from serve.default_models import ensure_default_models
     from serve.logs import configure, get_logger
@@ -19,7 +19,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)
     configure(settings.log_level, settings.log_json)
     log = get_logger("aligngate")
-    from serve.auth import OpenExposure, check_exposure
+    from serve.admission.auth import OpenExposure, check_exposure
 
     try:  # before anything slow (model builds, engines): an open public bind is refused at once
         check_exposure(settings, warn=False)  # create_app warns
@@ -34,10 +34,10 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("embedded_default", versions=[v.name for v in versions], cache_dir=str(settings.cache_dir))
     app = create_app(settings, versions)
     log.info("listening", url=f"http://{settings.host}:{settings.port}", public_model=settings.public_model)
-    from serve.drain import DrainingServer
+    from serve.engines.drain import DrainingServer
 
     # SIGTERM: drain first (503 to new work, in-flight requests finish, bounded by drain_timeout_s), then
-    # uvicorn's own shutdown with a short grace for connections still open at the bound (serve/drain.py).
+    # uvicorn's own shutdown with a short grace for connections still open at the bound (serve/engines/drain.py).
     config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
                             log_level="warning", access_log=False, timeout_graceful_shutdown=3)
     DrainingServer(config, app.state.gateway.drain, settings.drain_timeout_s, settings.drain_grace_s).run()

@@ -36,7 +36,7 @@ class VersionSpec(BaseModel):
                     "`aligngate.value_slots`, or its <|value_a|>/<|value_b|> token ids). The upstream must serve the "
                     "value-head class: vLLM with aligngate installed and --hf-overrides "
                     "'{\"architectures\": [\"<Arch>WithValueHead\"]}' (e.g. Qwen2ForCausalLMWithValueHead; "
-                    "serve.vllm_model.BASES lists the families). Then remote answers carry the "
+                    "serve.vllm_ext.vllm_model.BASES lists the families). Then remote answers carry the "
                     "in-pass reward too.")
     remote_api_key: str | None = None
     tool_strict_level: Literal["parameter", "function", "auto"] = Field(
@@ -46,10 +46,10 @@ class VersionSpec(BaseModel):
                                  "arguments of tools marked strict)")
     structured_outputs_backend: Literal["xgrammar", "guidance", "auto"] = Field(
         "xgrammar", description="in-process: vLLM's backend for response_format and forced tool calls; xgrammar and "
-                                "guidance write JSON without free whitespace, auto is vLLM's choice (serve/structured.py)")
+                                "guidance write JSON without free whitespace, auto is vLLM's choice (serve/api/structured.py)")
     tool_parser: str | None = Field(None, description="in-process: vLLM tool parser reading this version's tool calls "
                                     "(hermes, llama3_json, mistral, ...); default from the chat template's call syntax "
-                                    "(serve/tools.py), `none` refuses tools. Remote versions: the upstream's "
+                                    "(serve/api/tools.py), `none` refuses tools. Remote versions: the upstream's "
                                     "--tool-call-parser decides")
     weight: float = Field(0.0, ge=0.0)
     max_model_len: int | None = Field(None, ge=8, description="context length (default: the model's own, config.json max_position_embeddings, as vLLM reads it)")
@@ -62,12 +62,12 @@ class VersionSpec(BaseModel):
     max_concurrency: int | None = Field(None, ge=1, description="requests in flight on this version (default: "
                                                                 "limits.max_concurrency)")
     max_queue: int | None = Field(None, ge=0, description="requests waiting for a slot (default: limits.max_queue)")
-    # reward-guided serving (issue 20): serve/best_of.py, serve/reward_floor.py
+    # reward-guided serving (issue 20): serve/rewards/best_of.py, serve/rewards/reward_floor.py
     best_of: int = Field(1, ge=1, description="candidates sampled per request when the request gives no `best_of` "
                                               "(the one with the highest in-pass reward is returned)")
     best_of_max: int = Field(8, ge=1, description="largest `best_of` a request may ask for on this version (400 above)")
     best_of_adaptive: bool = Field(True, description="k shrinks towards 1 as the version's admission slots fill "
-                                   "(serve/best_of.py effective_k); false: always the k asked for")
+                                   "(serve/rewards/best_of.py effective_k); false: always the k asked for")
     best_of_rule: Literal["max", "max_length_guard"] = Field(
         "max", description="max: the highest reward; max_length_guard: the highest among candidates no longer than "
                            "best_of_length_ratio x the candidates' median length (length hacking of the value head)")
@@ -109,7 +109,7 @@ class VersionSpec(BaseModel):
 
 
 class AdaptiveLimits(BaseModel):
-    """Latency-bounded admission per version (serve/adaptive.py): the concurrency limit adapts to keep the time
+    """Latency-bounded admission per version (serve/admission/adaptive.py): the concurrency limit adapts to keep the time
     per output token within `tolerance` x the version's low-load TPOT (and the engine's own TTFT within
     `ttft_tolerance` x its low-load value), and a queued request waits at most
     `queue_wait_share` x the recent median decode time (E2E - TTFT) before a 503."""
@@ -164,7 +164,7 @@ class ApiKeySpec(BaseModel):
 
 
 class CanarySettings(BaseModel):
-    """Rollout plan defaults and gate thresholds (see serve/canary.py for what each gate means)."""
+    """Rollout plan defaults and gate thresholds (see serve/rollout/canary.py for what each gate means)."""
 
     stages: list[float] = Field(default_factory=lambda: [0.01, 0.1, 0.5, 1.0], description="canary share per stage")
     min_requests: int = Field(200, ge=0, description="canary requests a stage needs before it can pass")
@@ -200,7 +200,7 @@ class Settings(BaseSettings):
     remote_connect_timeout_s: float = 5.0
     remote_header_timeout_s: float = Field(15.0, gt=0, description="a remote backend that sends no response headers "
                                            "within this is treated as down (the request is retried on another)")
-    supervise_interval_s: float = Field(1.0, gt=0, description="engine liveness check period (serve/supervisor.py)")
+    supervise_interval_s: float = Field(1.0, gt=0, description="engine liveness check period (serve/engines/supervisor.py)")
     restart_backoff_s: float = Field(1.0, ge=0, description="wait before re-trying a failed engine restart (doubles)")
     restart_backoff_max_s: float = Field(60.0, ge=0)
     engine_start_timeout_s: float = Field(300.0, gt=0, description="deadline of one in-process engine start (build "

@@ -9,24 +9,24 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from serve import engine_procs
-from serve.admission import Admission
-from serve.best_of import AuditCrossCheck, BestOfMetrics
+from serve.engines import engine_procs
+from serve.admission.admission import Admission
+from serve.rewards.best_of import AuditCrossCheck, BestOfMetrics
 from serve.config import Settings, VersionSpec
-from serve.drain import Drain
-from serve.engine import Engine
-from serve.engine_start import StartStatus, start_with_retries
-from serve.engine_start import attempt as start_attempt
-from serve.engine_remote import RemoteEngine
-from serve.lifecycle import Lifecycle
+from serve.engines.drain import Drain
+from serve.engines.engine import Engine
+from serve.engines.engine_start import StartStatus, start_with_retries
+from serve.engines.engine_start import attempt as start_attempt
+from serve.engines.engine_remote import RemoteEngine
+from serve.rollout.lifecycle import Lifecycle
 from serve.logs import get_logger
-from serve.metrics import Metrics
-from serve.quality import Quality
-from serve.reward_floor import FloorHits
-from serve.router import Router
-from serve.shadow import Shadow
-from serve.stats import Stats
-from serve.supervisor import Supervisor
+from serve.monitor.metrics import Metrics
+from serve.monitor.quality import Quality
+from serve.rewards.reward_floor import FloorHits
+from serve.rollout.router import Router
+from serve.rollout.shadow import Shadow
+from serve.rollout.stats import Stats
+from serve.engines.supervisor import Supervisor
 
 log = get_logger(__name__)
 
@@ -37,7 +37,7 @@ def make_engine(spec: VersionSpec, settings: Settings) -> Engine:
                             settings.remote_header_timeout_s)
     # vLLM (and torch under it) only where a version runs in process: importing it costs ~2.4 s and hundreds of
     # MB, which a replica in front of remote vLLM servers (the scale-out path) never needs
-    from serve.engine_vllm import VLLMEngine
+    from serve.engines.engine_vllm import VLLMEngine
 
     return VLLMEngine(spec, settings.cache_dir)
 
@@ -53,32 +53,32 @@ class Gateway:
         self.quality = Quality(settings, self.metrics.registry, lambda: self.router.stable)
         self.shadow = Shadow(self.metrics.registry)
         self.stats = Stats()  # per-version outcome windows: the canary gate's inputs
-        self.alarm_sources: list = [self.quality.monitor]  # serve.alarms.AlarmSource
+        self.alarm_sources: list = [self.quality.monitor]  # serve.monitor.alarms.AlarmSource
         # reward-guided serving (issue 20): k used per version, floor hits and the audit cross-check as gate alarms
         self.best_of_metrics = BestOfMetrics(self.metrics.registry)
         self.best_of_audit = AuditCrossCheck(self.best_of_metrics)
         self.floor_hits = FloorHits(self.metrics.registry)
         self.alarm_sources += [self.best_of_audit, self.floor_hits]
-        self.controller = None  # serve.canary.CanaryController, made in start()
-        self.stats_sync = None  # serve.stats_sync.StatsSync with a Redis: every replica's outcomes in self.stats
+        self.controller = None  # serve.rollout.canary.CanaryController, made in start()
+        self.stats_sync = None  # serve.rollout.stats_sync.StatsSync with a Redis: every replica's outcomes in self.stats
         # restarts dead in-process engines, re-admits remote versions whose backends answer again
         self.supervisor = Supervisor(self, settings.supervise_interval_s, settings.restart_backoff_s,
                                      settings.restart_backoff_max_s)
-        self.admission = Admission(settings.limits)  # per-version slots (serve/admission.py)
-        # add / promote / remove a version: the one place every part above hears of it (serve/lifecycle.py)
+        self.admission = Admission(settings.limits)  # per-version slots (serve/admission/admission.py)
+        # add / promote / remove a version: the one place every part above hears of it (serve/rollout/lifecycle.py)
         self.lifecycle = Lifecycle(self.router, self.quality, self.stats, self.shadow, self.admission, self.metrics,
                                    self.supervisor)
-        self.drain = Drain()  # SIGTERM: stop taking work, let in-flight requests finish (serve/drain.py)
-        self.starts: dict[str, StartStatus] = {n: StartStatus() for n in self.engines}  # serve/engine_start.py
+        self.drain = Drain()  # SIGTERM: stop taking work, let in-flight requests finish (serve/engines/drain.py)
+        self.starts: dict[str, StartStatus] = {n: StartStatus() for n in self.engines}  # serve/engines/engine_start.py
         self._starter: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        from serve.canary import CanaryController
-        from serve.store import make_store
+        from serve.rollout.canary import CanaryController
+        from serve.rollout.store import make_store
 
         # marks this process as the gateway its engines' processes watch, and ends the engine cores an earlier
-        # gateway on this cache dir left behind when it was killed (serve/engine_procs.py); cheap, and done even
+        # gateway on this cache dir left behind when it was killed (serve/engines/engine_procs.py); cheap, and done even
         # with remote versions only: an in-process one may be registered later
         engine_procs.prepare(self.settings.cache_dir)
         self._starter = asyncio.create_task(self._start_all())
@@ -86,7 +86,7 @@ class Gateway:
         for name in self.engines:
             self.lifecycle.add(name)
         if self.settings.redis_url:
-            from serve.stats_sync import StatsSync
+            from serve.rollout.stats_sync import StatsSync
 
             self.stats_sync = StatsSync(self.stats, self.settings.redis_url, self.settings.redis_prefix,
                                         self.settings.canary.tick_s, self.settings.canary.window_s)
@@ -148,7 +148,7 @@ class Gateway:
 
     async def remove_version(self, name: str, drain_timeout_s: float = 30.0) -> None:
         """Drain and unload: stop routing to it, wait for its in-flight requests (bounded), stop its engine, and
-        every part forgets it (serve/lifecycle.py)."""
+        every part forgets it (serve/rollout/lifecycle.py)."""
         self.lifecycle.retire(name)
         gauge = self.metrics.version(name).in_flight
         deadline = asyncio.get_running_loop().time() + drain_timeout_s

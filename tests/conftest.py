@@ -76,7 +76,7 @@ def fast_pipeline(session_dir) -> Path:
 
 
 # A start that hangs (the open start-up stall of issue 21, tests/stall.py) is what the gateway's start deadline is
-# for: past it the gateway kills that engine's processes and starts it again (serve/engine_start.py). The product
+# for: past it the gateway kills that engine's processes and starts it again (serve/engines/engine_start.py). The product
 # default (300 s) leaves room for a first start that builds models; these gateways start from built models, so
 # their deadline is shorter and the wait leaves room for one retry. A recovered start is reported (a warning naming
 # the version and the stall signature), never hidden: see _report_restarts.
@@ -138,7 +138,7 @@ def vllm_server(session_dir, cache_dir):
 @pytest.fixture(scope="session")
 def remote_gateway(start_gateway, vllm_server, cache_dir) -> str:
     """A gateway whose only version is the real vLLM server above (the scale-out path)."""
-    from serve.value_slots import read_value_slots
+    from serve.vllm_ext.value_slots import read_value_slots
 
     slots = read_value_slots(cache_dir / "models" / "default-stable")
     versions = [{"name": "remote", "url": vllm_server, "weight": 1, "value_slots": slots.ids()}]

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve.audit import AuditConfig, AuditScorer, RewardScorer
-from serve.monitor import RewardMonitor
-from serve.monitor_config import MonitorConfig
+from serve.rewards.audit import AuditConfig, AuditScorer, RewardScorer
+from serve.monitor.monitor import RewardMonitor
+from serve.monitor.monitor_config import MonitorConfig
 
 ONNX_TOL = 1e-4  # |onnxruntime − torch| on raw scores (measured ~2e-7 here)
 PROMPTS = ["add 12 30", "reverse abcd", "héllo wörld", "say <|end|> please", "x" * 200]

@@ -26,9 +26,9 @@ import httpx
 import openai
 import pytest
 
-from serve.auth import KeyPolicy, KeyTable, OpenExposure, check_exposure, is_loopback
+from serve.admission.auth import KeyPolicy, KeyTable, OpenExposure, check_exposure, is_loopback
 from serve.config import Settings
-from serve.ratelimit import LocalLimiter, RateLimited, RateLimiter, TooLargeForKey
+from serve.admission.ratelimit import LocalLimiter, RateLimited, RateLimiter, TooLargeForKey
 from tests.redis_fixture import redis_server, redis_url  # noqa: F401
 
 BIN = Path(sys.executable).parent
@@ -384,7 +384,7 @@ def test_shared_rpm_across_two_replicas(replicas):
 
 
 def test_redis_lost_no_5xx_then_shared_again(replicas, redis_server):
-    """Redis down: decisions fall back to each replica's local limits (stated in serve/ratelimit.py): no 5xx."""
+    """Redis down: decisions fall back to each replica's local limits (stated in serve/admission/ratelimit.py): no 5xx."""
     redis_server.kill()
     try:
         statuses = []

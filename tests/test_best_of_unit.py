@@ -7,11 +7,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import ValidationError
 
-from serve.best_of import AuditCrossCheck, BestOfMetrics, choose, effective_k, sibling
+from serve.rewards.best_of import AuditCrossCheck, BestOfMetrics, choose, effective_k, sibling
 from serve.config import VersionSpec
-from serve.engine import GenerationRequest
-from serve.reward_floor import FallbackReport, FloorHits, below_floor
-from serve.schemas import ChatCompletionRequest, CompletionRequest
+from serve.engines.engine import GenerationRequest
+from serve.rewards.reward_floor import FallbackReport, FloorHits, below_floor
+from serve.api.schemas import ChatCompletionRequest, CompletionRequest
 
 
 class Clock:
@@ -125,11 +125,11 @@ def test_request_best_of_is_an_integer():
 
 
 def _plan(best_of=None, n=1, stream=False, value_head=True, **spec_kw):
-    """`serve.completions._best_of_k` against a gateway's specs and an engine's flag (plain stand-ins: the check
+    """`serve.api.completions._best_of_k` against a gateway's specs and an engine's flag (plain stand-ins: the check
     reads nothing else)."""
     from types import SimpleNamespace
 
-    from serve.completions import _best_of_k
+    from serve.api.completions import _best_of_k
 
     spec = VersionSpec(name="v", model="/m", **spec_kw)
     gw = SimpleNamespace(specs={"v": spec})
@@ -141,7 +141,7 @@ def _plan(best_of=None, n=1, stream=False, value_head=True, **spec_kw):
 
 
 def test_best_of_request_checks():
-    from serve.errors import APIError
+    from serve.api.errors import APIError
 
     assert _plan() is None  # plain path
     assert _plan(best_of=3) == 3
@@ -160,7 +160,7 @@ def test_best_of_request_checks():
 def test_version_default_best_of_applies_without_a_request_value():
     from types import SimpleNamespace
 
-    from serve.completions import _best_of_k
+    from serve.api.completions import _best_of_k
 
     spec = VersionSpec(name="v", model="/m", best_of=4)
     body = ChatCompletionRequest.model_validate({"model": "v", "messages": [{"role": "user", "content": "x"}]})

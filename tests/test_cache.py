@@ -7,7 +7,7 @@ import time
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from serve.cache import CacheConfig, RewardCache, cache_key, normalise_text
+from serve.rewards.cache import CacheConfig, RewardCache, cache_key, normalise_text
 from serve.redisconn import RedisOptions
 from tests.redis_fixture import redis_server, redis_url  # noqa: F401
 

@@ -22,7 +22,7 @@ import pytest
 from benchmarks.bench_canary import ADMIN_KEY, admin, drive, fault_to_rollback, gateway_env
 from benchmarks.bench_canary import tiny_model as tiny_model_dir
 from benchmarks.procs import free_port, start_aligngate, start_vllm_server
-from serve.router import Router
+from serve.rollout.router import Router
 
 
 @pytest.fixture(scope="module")

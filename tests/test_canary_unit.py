@@ -9,18 +9,18 @@ import random
 
 import pytest
 
-from serve.admission import Admission
-from serve.alarms import Alarm, InjectedAlarms
-from serve.canary import CanaryController, ControlError
+from serve.admission.admission import Admission
+from serve.monitor.alarms import Alarm, InjectedAlarms
+from serve.rollout.canary import CanaryController, ControlError
 from serve.config import CanarySettings, Settings, VersionSpec
-from serve.gate import evaluate, gate_params, make_plan, welch_one_sided, wilson_lower
-from serve.lifecycle import Lifecycle
-from serve.metrics import Metrics
-from serve.quality import Quality
-from serve.router import Router
-from serve.shadow import Shadow
-from serve.stats import Stats, Summary
-from serve.store import MemoryStore
+from serve.rollout.gate import evaluate, gate_params, make_plan, welch_one_sided, wilson_lower
+from serve.rollout.lifecycle import Lifecycle
+from serve.monitor.metrics import Metrics
+from serve.monitor.quality import Quality
+from serve.rollout.router import Router
+from serve.rollout.shadow import Shadow
+from serve.rollout.stats import Stats, Summary
+from serve.rollout.store import MemoryStore
 
 CFG = CanarySettings(min_requests=20, min_duration_s=0.0, tick_s=0.05, latency_slack_s=0.0)
 GATES = gate_params(CFG)
@@ -274,7 +274,7 @@ async def test_controller_alarm_rollback_and_register_gate(tmp_path):
 
 def test_gate_verdict_of_an_unusable_path_is_none_not_an_error():
     """schemathesis found a 500: a `model` path with a component over 255 bytes made `Path.is_file` raise."""
-    from serve.canary import read_gate_verdict
+    from serve.rollout.canary import read_gate_verdict
 
     assert read_gate_verdict("x" * 300)["verdict"] == "NONE"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from serve.engine_vllm import chat_prompt_ids
+from serve.engines.engine_vllm import chat_prompt_ids
 
 
 @pytest.fixture(scope="module")

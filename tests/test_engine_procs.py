@@ -1,5 +1,5 @@
 """Issue 24: a gateway's engine processes end with it, however it ends, and a gateway started next to the leftovers
-of a killed one ends those (serve/engine_procs.py).
+of a killed one ends those (serve/engines/engine_procs.py).
 
 Fast tier: the pid-file reaper against real processes (`sleep`), including a recycled-pid look-alike that must
 not be killed. Slow tier: real gateways with real in-process vLLM engines:
@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from benchmarks.procs import start_aligngate
-from serve import engine_procs
+from serve.engines import engine_procs
 
 
 def _live(pids: list[int]) -> list[int]:

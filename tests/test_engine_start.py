@@ -1,4 +1,4 @@
-"""Issue 21 items 2 and 4, with a real gateway and real in-process vLLM engines (serve/engine_start.py):
+"""Issue 21 items 2 and 4, with a real gateway and real in-process vLLM engines (serve/engines/engine_start.py):
 
 - An engine start that hangs (injected inside the real EngineCore process by `ALIGNGATE_FAULT_START_HANG`, a
   test-only knob read by the gateway) passes its deadline: the gateway kills that engine's processes, reports the

@@ -1,4 +1,4 @@
-"""serve/engine_start.py's attempts, deadline and retries, with a stand-in engine whose start hangs (the real
+"""serve/engines/engine_start.py's attempts, deadline and retries, with a stand-in engine whose start hangs (the real
 hang, in a real EngineCore, is tests/test_engine_start.py)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from serve.engine import Engine
-from serve.engine_start import EngineStartTimeout, StartStatus, attempt, start_with_retries
+from serve.engines.engine import Engine
+from serve.engines.engine_start import EngineStartTimeout, StartStatus, attempt, start_with_retries
 
 
 class Hangs(Engine):

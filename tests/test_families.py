@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from kernels.layout import find_value_head
 from kernels.value_head import load_value_head
-from serve.value_slots import read_value_slots
+from serve.vllm_ext.value_slots import read_value_slots
 from training.families import FAMILIES, SPECS, build_family_checkpoint
 
 ARCH = {"llama3": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
@@ -152,7 +152,7 @@ def _hf_ids(tok, messages) -> list[int]:
 def test_chat_prompt_ids_keep_injected_special_tokens_as_text(family, family_checkpoint):
     from transformers import AutoTokenizer
 
-    from serve.chat_prompt import chat_prompt_ids
+    from serve.api.chat_prompt import chat_prompt_ids
 
     tok = AutoTokenizer.from_pretrained(family_checkpoint(family))
     special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
@@ -172,8 +172,8 @@ def test_value_head_classes_wrap_vllms_own_class_per_family():
     import importlib
     import pickle
 
-    import serve.vllm_model as vm
-    from serve.vllm_plugin import ARCHITECTURES
+    import serve.vllm_ext.vllm_model as vm
+    from serve.vllm_ext.vllm_plugin import ARCHITECTURES
 
     assert set(ARCHITECTURES) == {a + "WithValueHead" for a in ARCH.values()}
     for arch in ARCH.values():

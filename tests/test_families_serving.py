@@ -110,7 +110,7 @@ def served(request, family_checkpoint, session_dir):
 
 def _reference(ref, prompt_ids: list[int], token_ids: list[int]):
     """HF values and entropies for the positions that predicted `token_ids` (slots A and B masked, as served)."""
-    from serve.value_slots import read_value_slots
+    from serve.vllm_ext.value_slots import read_value_slots
 
     model, head, tok = ref
     slots = read_value_slots(tok.name_or_path)
@@ -144,7 +144,7 @@ async def _ask(c: httpx.AsyncClient, family: str, messages, stream: bool, **extr
 
 
 def test_values_and_entropies_match_hf_in_a_mixed_batch(served):
-    from serve.chat_prompt import chat_prompt_ids
+    from serve.api.chat_prompt import chat_prompt_ids
 
     family, url, ref, _ = served
     tok = ref[2]
@@ -194,7 +194,7 @@ def test_openai_client_gets_an_answer_with_the_value_head_reward(served):
 
 
 def test_special_tokens_in_a_message_do_not_open_a_turn(served):
-    from serve.chat_prompt import chat_prompt_ids
+    from serve.api.chat_prompt import chat_prompt_ids
 
     family, url, ref, _ = served
     tok = ref[2]

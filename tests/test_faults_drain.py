@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from serve.drain import Drain, DrainGuard
+from serve.engines.drain import Drain, DrainGuard
 
 
 @pytest.mark.asyncio

@@ -13,8 +13,8 @@ import pytest
 
 from benchmarks.procs import free_port
 from serve.config import VersionSpec
-from serve.engine import EngineError, GenerationRequest
-from serve.engine_remote import RemoteEngine
+from serve.engines.engine import EngineError, GenerationRequest
+from serve.engines.engine_remote import RemoteEngine
 from tests.dead_url import dead_url as _dead_url
 
 

@@ -16,10 +16,10 @@ async def test_canary_gate_rolls_back_locally_while_the_store_is_partitioned(red
     replica stops routing to the canary at once, and the rollback reaches the store when Redis answers again."""
     import signal as sig
 
-    from serve.canary import CanaryController
+    from serve.rollout.canary import CanaryController
     from serve.config import Settings
     from serve.gateway import Gateway
-    from serve.store import RedisStore, StoreUnavailable
+    from serve.rollout.store import RedisStore, StoreUnavailable
 
     versions = [VersionSpec(name="stable", url=_dead_url(), weight=1.0),
                 VersionSpec(name="canary", url=_dead_url(), weight=0.0)]

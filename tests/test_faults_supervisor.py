@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from serve.engine import Engine
-from serve.metrics import Metrics
-from serve.supervisor import Supervisor
+from serve.engines.engine import Engine
+from serve.monitor.metrics import Metrics
+from serve.engines.supervisor import Supervisor
 
 
 def metric(text: str, name: str, **labels) -> float | None:

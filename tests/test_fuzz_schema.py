@@ -48,7 +48,7 @@ DEFAULT_BUDGET = 80
 # to rejected_id; a prompt plus max_tokens over the version's context, which depends on the tokenizer), 404 (an
 # unknown model, version or response id), 409 (a canary action that does not apply in the current state), 503 (a
 # registered version still starting). The configured limits (max_n, max_stop, ...) and the rules JSON Schema can
-# say (top_logprobs needs logprobs, one version source) are in the document itself (serve/openapi_doc.py).
+# say (top_logprobs needs logprobs, one version source) are in the document itself (serve/api/openapi_doc.py).
 POSITIVE_OK = ["2xx", "400", "401", "404", "409", "503"]
 
 

@@ -92,8 +92,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_is_read():
     # the reader itself: it finds the product's modules and real edges (a broken walk would pass everything below)
     graph = import_graph()
-    assert {"serve.app", "serve.monitor", "kernels.fused_torch", "training.cli"} <= set(graph)
-    assert "serve.gateway" in graph["serve.app"] and "serve.monitor_windows" in graph["serve.monitor_metrics"]
+    assert {"serve.api.app", "serve.monitor.monitor", "kernels.fused_torch", "training.cli"} <= set(graph)
+    assert "serve.gateway" in graph["serve.api.app"] and "serve.monitor.monitor_windows" in graph["serve.monitor.monitor_metrics"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 

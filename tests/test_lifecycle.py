@@ -1,4 +1,4 @@
-"""serve/lifecycle.py, the one owner of a version's life on a replica, over the gateway's real per-version parts
+"""serve/rollout/lifecycle.py, the one owner of a version's life on a replica, over the gateway's real per-version parts
 (router, reward monitor, gate stats, admission slots, shadow shares, Prometheus metrics, supervisor); the engine is
 a stand-in that never generates (the engines' own lifecycle is tests/test_canary_e2e.py's)."""
 
@@ -8,16 +8,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from serve.admission import Admission
+from serve.admission.admission import Admission
 from serve.config import Settings
-from serve.engine import Engine
-from serve.lifecycle import Lifecycle
-from serve.metrics import Metrics
-from serve.quality import Quality
-from serve.router import Router
-from serve.shadow import Shadow
-from serve.stats import Stats
-from serve.supervisor import Supervisor
+from serve.engines.engine import Engine
+from serve.rollout.lifecycle import Lifecycle
+from serve.monitor.metrics import Metrics
+from serve.monitor.quality import Quality
+from serve.rollout.router import Router
+from serve.rollout.shadow import Shadow
+from serve.rollout.stats import Stats
+from serve.engines.supervisor import Supervisor
 
 
 class UpEngine(Engine):

@@ -7,11 +7,11 @@ import random
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from serve.monitor import RewardMonitor
-from serve.monitor_config import MonitorConfig, RewardScale, Thresholds
-from serve.monitor_windows import Rolling
-from serve.review import ReviewQueue
-from serve.text_features import repetition_rate
+from serve.monitor.monitor import RewardMonitor
+from serve.monitor.monitor_config import MonitorConfig, RewardScale, Thresholds
+from serve.monitor.monitor_windows import Rolling
+from serve.rewards.review import ReviewQueue
+from serve.monitor.text_features import repetition_rate
 
 HEALTHY = ["3", "dcba", "the sum is 42", "reversed: olleh", "12", "yes, 7 is prime"]
 
@@ -90,9 +90,9 @@ def test_min_samples_and_other_versions_untouched():
     assert {a.name for a in mon.active_alarms("canary")} == {"hard_constraint"}  # too few for the rest
     assert mon.active_alarms("stable") == [] and mon.active_alarms("nope") == []
     try:
-        from serve.alarms import AlarmSource  # the canary controller's protocol (runtime-checkable)
+        from serve.monitor.alarms import AlarmSource  # the canary controller's protocol (runtime-checkable)
     except ImportError:  # pragma: no cover — canary module not present
-        from serve.monitor import AlarmSource
+        from serve.monitor.monitor import AlarmSource
     assert isinstance(mon, AlarmSource) if hasattr(AlarmSource, "_is_runtime_protocol") and \
         AlarmSource._is_runtime_protocol else callable(mon.active_alarms)
     a = mon.active_alarms("canary")[0]

@@ -17,8 +17,8 @@ import httpx
 import openai
 import pytest
 
-from serve.adaptive import AdaptiveLimit
-from serve.admission import Overloaded, Slots
+from serve.admission.adaptive import AdaptiveLimit
+from serve.admission.admission import Overloaded, Slots
 from tests.promtext import metric
 
 ADMIN = "adm-overload"

@@ -1,9 +1,9 @@
 """Property tests (hypothesis) for two pure functions everything else leans on.
 
-- The router's sticky bucket function and range layout (`serve.router`): deterministic (also across processes
+- The router's sticky bucket function and range layout (`serve.rollout.router`): deterministic (also across processes
   with different hash seeds), in range, uniform enough, shares that match the weights, and monotone: raising a
   canary's weight only moves users from stable to that canary.
-- The reward cache's key and text normaliser (`serve.cache`): equivalent requests (whitespace runs, leading and
+- The reward cache's key and text normaliser (`serve.rewards.cache`): equivalent requests (whitespace runs, leading and
   trailing whitespace, NFC vs NFD) share a key; requests that differ in anything a reward model can see
   (case, punctuation, compatibility forms, zero-width characters, the split between prompt and answer, the
   reward-model version) never do.
@@ -25,8 +25,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from serve.cache import cache_key, normalise_text
-from serve.router import BUCKETS, Router, bucket_of
+from serve.rewards.cache import cache_key, normalise_text
+from serve.rollout.router import BUCKETS, Router, bucket_of
 
 PROPS = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 keys = st.text(min_size=1, max_size=64)
@@ -49,7 +49,7 @@ def test_bucket_deterministic_and_in_range(key):
 def test_bucket_same_in_another_process(batch):
     """blake2b, not hash(): another interpreter with another PYTHONHASHSEED puts every key in the same bucket
     (what makes routing agree across replicas and restarts)."""
-    code = "import json,sys; from serve.router import bucket_of; print(json.dumps([bucket_of(k) for k in json.load(sys.stdin)]))"
+    code = "import json,sys; from serve.rollout.router import bucket_of; print(json.dumps([bucket_of(k) for k in json.load(sys.stdin)]))"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(batch), capture_output=True, text=True,
                          env=env, check=True, timeout=120)

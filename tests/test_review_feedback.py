@@ -9,10 +9,10 @@ import time
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from serve.feedback import (FeedbackRequest, FeedbackStore, InvalidFeedback, PreferenceFeedback, RatingFeedback,
+from serve.rewards.feedback import (FeedbackRequest, FeedbackStore, InvalidFeedback, PreferenceFeedback, RatingFeedback,
                             ResponseLog, UnknownResponse)
 from serve.redisconn import RedisOptions
-from serve.review import ReviewItem, ReviewQueue
+from serve.rewards.review import ReviewItem, ReviewQueue
 from tests.redis_fixture import redis_server, redis_url  # noqa: F401
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from serve.router import BUCKETS, Router, UnknownModel, bucket_of
+from serve.rollout.router import BUCKETS, Router, UnknownModel, bucket_of
 
 
 def test_explicit_and_unknown():
@@ -21,7 +21,7 @@ def test_explicit_and_unknown():
 def test_bucket_is_stable_across_processes():
     keys = ["alice", "bob", "user-42", "ünïcode"]
     here = [bucket_of(k) for k in keys]
-    code = f"from serve.router import bucket_of; print([bucket_of(k) for k in {keys!r}])"
+    code = f"from serve.rollout.router import bucket_of; print([bucket_of(k) for k in {keys!r}])"
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert str(here) == there.strip()
     assert all(0 <= b < BUCKETS for b in here)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from serve.router import Router
+from serve.rollout.router import Router
 
 Z99 = 2.576
 

@@ -29,7 +29,7 @@ import httpx
 import pytest
 
 from benchmarks.procs import start_aligngate, start_vllm_server
-from serve.router import Router
+from serve.rollout.router import Router
 from tests.promtext import metric
 from tests.redis_fixture import REDIS_BIN, RedisServer
 from tests.stall import stall_signature
@@ -70,7 +70,7 @@ def scale_out(session_dir, cache_dir):
         # One gateway after the other: each builds an in-process engine, and two engine start-ups side by side on
         # 2 cores (with the two vLLM servers up) once stalled past the 300 s wait in CI (stop 13). A start that
         # hangs anyway is the gateway's own business now: past its deadline it kills that engine and retries
-        # (serve/engine_start.py).
+        # (serve/engines/engine_start.py).
         gateways = []
         for i in (1, 2):
             gw_env = {**env, "ALIGNGATE_CACHE_DIR": str(session_dir / f"scale-gw-{i}"),
@@ -222,7 +222,7 @@ def test_canary_weight_set_on_one_replica_reaches_the_other(scale_out):
 
 
 def test_gate_inputs_shared_by_both_replicas(scale_out):
-    """The canary gate's window on each replica holds both replicas' requests (serve/stats_sync.py), so each
+    """The canary gate's window on each replica holds both replicas' requests (serve/rollout/stats_sync.py), so each
     controller judges the whole canary's traffic, not its own half of it."""
     gw1, gw2 = scale_out["gateways"]
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}

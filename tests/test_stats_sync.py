@@ -1,4 +1,4 @@
-"""Canary gate inputs shared by replicas through a real redis-server (serve/stats_sync.py): what one replica
+"""Canary gate inputs shared by replicas through a real redis-server (serve/rollout/stats_sync.py): what one replica
 records, every replica's `Stats` windows hold; a replica that starts later resumes with the window so far; Redis
 lost and back costs no error and loses nothing that was recorded meanwhile."""
 
@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from serve.stats import Stats
-from serve.stats_sync import StatsSync
+from serve.rollout.stats import Stats
+from serve.rollout.stats_sync import StatsSync
 from tests.redis_fixture import redis_server, redis_url  # noqa: F401
 
 

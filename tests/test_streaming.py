@@ -1,11 +1,11 @@
-"""serve/streaming.py on its own: the request watch and the SSE response, driven through the ASGI interface with
+"""serve/api/streaming.py on its own: the request watch and the SSE response, driven through the ASGI interface with
 hand-made `receive`/`send` (the disconnect and a stalled socket cannot be timed reliably through a real server)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from serve.streaming import EventStream, RequestTimeout, RequestWatch
+from serve.api.streaming import EventStream, RequestTimeout, RequestWatch
 
 
 def _receive(disconnect_after: float | None):

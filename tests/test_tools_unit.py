@@ -7,11 +7,11 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from serve.errors import APIError
-from serve.openai_format import Accumulator
-from serve.engine import Delta
-from serve.schemas import ChatCompletionRequest
-from serve.tools import check_request, fallback_messages, native_messages, wire_messages
+from serve.api.errors import APIError
+from serve.api.openai_format import Accumulator
+from serve.engines.engine import Delta
+from serve.api.schemas import ChatCompletionRequest
+from serve.api.tools import check_request, fallback_messages, native_messages, wire_messages
 
 TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
 MSG = [{"role": "user", "content": "hi"}]

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import torch
 
-from serve.value_slots import read_value_slots
+from serve.vllm_ext.value_slots import read_value_slots
 
 TOL = 1e-3
 
@@ -65,7 +65,7 @@ async def _ask(client, version, content, stream, **extra):
 
 
 def test_engine_values_match_hf_forward_in_a_mixed_batch(gateway, hf_reference):
-    """n = 1 answers are read through the shared-memory table (serve.value_table), n = 2 through the slots'
+    """n = 1 answers are read through the shared-memory table (serve.vllm_ext.value_table), n = 2 through the slots'
     logprobs; both against HF, in one batch."""
     prompts = ["1+1=", "reverse: abc", "hello there, how are you today?", "7", "x" * 40, "upper: qwerty"]
     versions = httpx.get(gateway + "/ready", params={"verbose": "true"}, timeout=60).json()["versions"]

@@ -1,4 +1,4 @@
-"""serve.value_table: the shared-memory side channel of the value read-out (the engine path is in
+"""serve.vllm_ext.value_table: the shared-memory side channel of the value read-out (the engine path is in
 tests/test_value_contract.py, where values read through it equal an HF forward pass)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from serve.value_table import ROW_KEY, TABLE_KEY, TableWriter, ValueTable
+from serve.vllm_ext.value_table import ROW_KEY, TABLE_KEY, TableWriter, ValueTable
 
 
 def test_rows_are_handed_out_fifo_nan_filled_and_run_out():
@@ -52,10 +52,10 @@ def test_a_killed_gateways_table_is_removed_by_the_next_one():
     import subprocess
     import sys
 
-    from serve.value_table import _shm_dir
+    from serve.vllm_ext.value_table import _shm_dir
 
     child = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from serve.value_table import ValueTable; t = ValueTable('killed', rows=2, positions=4); "
+        "import sys, time; from serve.vllm_ext.value_table import ValueTable; t = ValueTable('killed', rows=2, positions=4); "
         "print(t.path, flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
     path = child.stdout.readline().strip()
     assert os.path.exists(path)

@@ -151,7 +151,7 @@ def test_openrlhf_critic_sharing_the_policy_trunk_becomes_the_in_pass_head(tmp_p
 def test_openrlhf_critic_with_its_own_trunk_becomes_an_audit_model(tmp_path):
     """The value cannot come from the policy's pass: no value head, the critic as an audit RM that scores like
     OpenRLHF's critic at the last token, and the manifest/notes say so."""
-    from serve.audit import RewardScorer
+    from serve.rewards.audit import RewardScorer
 
     policy, critic_trunk = tiny_llama(2), tiny_llama(4)
     policy.save_pretrained(str(tmp_path / "actor"))

@@ -1,4 +1,4 @@
-"""serve.vllm_compat: every patched vLLM internal is checked before it is patched; a moved target is a loud error
+"""serve.vllm_ext.vllm_compat: every patched vLLM internal is checked before it is patched; a moved target is a loud error
 naming the installed and the expected vLLM, never an inert patch. Fast tier: no engine."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from serve import vllm_compat, vllm_patches
-from serve.vllm_compat import EXPECTED_VLLM, TARGETS, VLLMDriftError
+from serve.vllm_ext import vllm_compat, vllm_patches
+from serve.vllm_ext.vllm_compat import EXPECTED_VLLM, TARGETS, VLLMDriftError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,7 @@ def test_installed_vllm_passes_the_check():
 
 def test_every_patched_attribute_is_a_checked_target():
     """Each `X.attr = ...` assignment in vllm_patches patches something listed in TARGETS."""
-    src = (ROOT / "serve" / "vllm_patches.py").read_text()
+    src = (ROOT / "serve" / "vllm_ext" / "vllm_patches.py").read_text()
     assigned = set(re.findall(r"^\s+([A-Z]\w+\.\w+) = ", src, re.M))  # Class.attr = ...
     checked = {t.qualname for ts in TARGETS.values() for t in ts}
     patched = {a for a in assigned if not a.split(".")[1].startswith("_aligngate")}
@@ -104,7 +104,7 @@ def test_engine_refuses_to_start_with_the_version_in_its_error(monkeypatch, tmp_
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     from serve.config import VersionSpec
-    from serve.engine_vllm import VLLMEngine
+    from serve.engines.engine_vllm import VLLMEngine
 
     monkeypatch.delattr(GPUModelRunner, "_bookkeeping_sync")
     (tmp_path / "config.json").write_text("{}")

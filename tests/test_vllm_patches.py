@@ -1,11 +1,11 @@
-"""serve.vllm_patches: the worker-side gather fast path returns exactly what vLLM's own loop returns."""
+"""serve.vllm_ext.vllm_patches: the worker-side gather fast path returns exactly what vLLM's own loop returns."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from serve import vllm_patches
+from serve.vllm_ext import vllm_patches
 
 
 @pytest.fixture(scope="module")

@@ -97,15 +97,15 @@ def read_manifest(version_dir: str | Path) -> dict:
 
 
 def ensure_value_slots(version_dir: str | Path) -> dict:
-    """The vocabulary rows the served in-pass value rides on (serve/value_slots.py), written explicitly into
+    """The vocabulary rows the served in-pass value rides on (serve/vllm_ext/value_slots.py), written explicitly into
     config.json `aligngate.value_slots` so every gateway and vLLM process reads the same ones. The default
     tokenizer has `<|value_a|>`/`<|value_b|>`; a --base checkpoint usually does not: then rows the tokenizer never
     produces — padded embedding rows past the tokenizer first, then reserved/unused special tokens, highest id
-    first (the rule serve/value_slots.py follows) — and an error that says what to do when there are none."""
+    first (the rule serve/vllm_ext/value_slots.py follows) — and an error that says what to do when there are none."""
     import json
     import re
 
-    from serve.value_slots import read_value_slots
+    from serve.vllm_ext.value_slots import read_value_slots
 
     d = Path(version_dir)
     cfg = json.loads((d / "config.json").read_text())

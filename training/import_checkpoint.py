@@ -15,7 +15,7 @@ Layouts recognised (by the tensor names in the weight files, not by file names a
   critic), its head is the policy's value head, served in the pass. When it is not (the usual case: OpenRLHF
   trains the critic as a separate model), the policy's forward pass never computes the hidden states the head
   reads, so no in-pass value is possible: the version is written without a value head, the critic as an audit
-  reward model in `DIR/audit_model` (`serve.audit`, scored off the request path), and the manifest and the
+  reward model in `DIR/audit_model` (`serve.rewards.audit`, scored off the request path), and the manifest and the
   command's output say so. Served with `audit_model_dir: DIR/audit_model`, that version's answers then carry
   `aligngate.reward.source == "audit_model"`.
 - `plain`: a causal LM with no value head: a version without one (its reward comes from the audit model, or is null).
@@ -264,7 +264,7 @@ def critic_head(critic: Path, head_key: str) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _write_audit_model(critic: Path, policy: Path, dst: Path, head_key: str, name: str) -> dict:
-    """The critic as a sequence-classification reward model (`serve.audit`'s torch backend: trunk `model.*`,
+    """The critic as a sequence-classification reward model (`serve.rewards.audit`'s torch backend: trunk `model.*`,
     `score.weight`, score read at the last real token), with its tokenizer and `rm_config.json`."""
     hf = dst / "hf"
     hf.mkdir(parents=True)
@@ -304,7 +304,7 @@ def _hash_files(paths) -> str:
 
 
 def _slots_note(d: Path) -> str | None:
-    from serve.value_slots import read_value_slots
+    from serve.vllm_ext.value_slots import read_value_slots
 
     try:
         read_value_slots(d)

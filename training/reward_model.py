@@ -17,7 +17,7 @@ where a 2-layer RM fine-tuned from the policy fails (it learns pleasantries and 
   features the policy brought; the auxiliary loss keeps them (the "chosen" side comes from aggregated rater
   labels — no oracle).
 The saved model stays a plain `LlamaForSequenceClassification` (more layers), so the ONNX/torch contract that
-serve/audit.py reads is unchanged.
+serve/rewards/audit.py reads is unchanged.
 
 On the 0–1 scale the gateway's alarms use, reward01 = σ(r − μ_ref), μ_ref = the mean raw score of the reference
 (SFT) policy's samples: under Bradley–Terry that is the probability the response is preferred over a response

@@ -4,7 +4,7 @@ Every byte is one token, so any text (any language, any emoji) round-trips, and 
 default training task a token is a character. Built with the `tokenizers` library and saved as a
 `PreTrainedTokenizerFast` directory that transformers and vLLM load like any hub tokenizer.
 
-Two special tokens are reserved for the in-pass value read-out (serve/value_slots.py, README "Rewards"):
+Two special tokens are reserved for the in-pass value read-out (serve/vllm_ext/value_slots.py, README "Rewards"):
 `VALUE_A` and `VALUE_B`. They are never produced by the tokenizer from text and never sampled.
 """
 

@@ -1,6 +1,6 @@
 """Fit a value head for a policy that was not trained with one (SFT, DPO, distilled students).
 
-The gateway reads a reward estimate from the policy's own forward pass (serve/value_slots.py), so
+The gateway reads a reward estimate from the policy's own forward pass (serve/vllm_ext/value_slots.py), so
 every exported version carries a `kernels.value_head.ValueHead`. For PPO policies it is the critic trained with
 them; for the others it is fitted here: sample responses, score them (reward model on the 0–1 scale, or the
 oracle), and solve a ridge regression from the post-norm hidden state at every response position to the

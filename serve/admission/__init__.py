@@ -1,0 +1,1 @@
+"""Who gets in: admission slots, the adaptive limit, rate limits, the body guard, API keys."""

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP surface: app, request schemas, handlers, errors, streaming, tools, structured outputs, admin API."""
