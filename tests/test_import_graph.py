@@ -126,3 +126,19 @@ def test_demo_runs_the_checkouts_module_as_its_own_process(capfd):
     assert cli.source_checkout() == ROOT
     assert cli.main(["demo", "incident", "--help"]) == 0
     assert "usage: aligngate demo incident" in capfd.readouterr().out
+
+
+def test_every_product_module_imports():
+    """Every module of serve/, kernels/ and training/ imports (a moved module or a wrong `from x import y` fails
+    here, not first in a gateway process)."""
+    import importlib
+
+    failed = {}
+    for name in module_files():
+        if name.endswith("__main__"):  # runs its command when imported
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 — collect them all
+            failed[name] = repr(e)
+    assert not failed, failed

@@ -11,8 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
-from serve.admission.admission import auth
-
+from serve.admission import auth
 from serve.api import completions, errors, openapi_doc, responses
 from serve.api.admin import build_admin_router, load_admin_keys
 from serve.config import Settings, VersionSpec
