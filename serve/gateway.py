@@ -63,7 +63,9 @@ class Gateway:
         self.stats_sync = None  # serve.rollout.stats_sync.StatsSync with a Redis: every replica's outcomes in self.stats
         # restarts dead in-process engines, re-admits remote versions whose backends answer again
         self.supervisor = Supervisor(self, settings.supervise_interval_s, settings.restart_backoff_s,
-                                     settings.restart_backoff_max_s)
+                                     settings.restart_backoff_max_s,
+                                     deadline_s=lambda name: self._start_args(name)["deadline_s"],
+                                     kill=engine_procs.kill_version)
         self.admission = Admission(settings.limits)  # per-version slots (serve/admission/admission.py)
         # add / promote / remove a version: the one place every part above hears of it (serve/rollout/lifecycle.py)
         self.lifecycle = Lifecycle(self.router, self.quality, self.stats, self.shadow, self.admission, self.metrics,

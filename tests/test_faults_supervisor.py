@@ -3,6 +3,8 @@ probed rather than restarted (driven tick by tick on a fake clock; fake engines)
 
 from __future__ import annotations
 
+import asyncio
+
 from types import SimpleNamespace
 
 import pytest
@@ -128,3 +130,45 @@ async def test_supervisor_backoff_is_capped_and_remote_versions_are_probed_not_r
     text = sup.gw.metrics.render().decode()
     assert metric(text, "aligngate_engine_restarts_total", version="remote") is None
     assert metric(text, "aligngate_engine_up", version="local") == 0
+
+
+class HangsOnRestart(FakeEngine):
+    """Its first `hangs` restarts never return (a restart stalled like issue 21's starts); later ones come up."""
+
+    def __init__(self, name: str, hangs: int):
+        super().__init__(name)
+        self.hangs, self.stops = hangs, 0
+
+    async def restart(self) -> None:
+        self.restart_calls += 1
+        if self.hangs:
+            self.hangs -= 1
+            await asyncio.Event().wait()
+        self.dead, self.ready = False, True
+
+    async def stop(self) -> None:
+        self.stops += 1
+
+
+@pytest.mark.asyncio
+async def test_a_hung_restart_meets_the_deadline_is_killed_and_retried_without_holding_up_others():
+    now = [0.0]
+    hung, other = HangsOnRestart("canary", hangs=1), FakeEngine("stable")
+    hung.ready = other.ready = True
+    killed = []
+    sup = Supervisor(_gateway(hung, other), backoff_s=1.0, backoff_max_s=4.0, clock=lambda: now[0],
+                     deadline_s=lambda name: 0.3, kill=lambda name: killed.append(name) or [4242])
+    await _tick(sup)
+    hung.dead = other.dead = True  # both engine cores died
+    await sup.tick()
+    await asyncio.sleep(0.05)
+    # the other version's restart is not held up by the hung one
+    assert other.ready and sup.watches["stable"].state == "up"
+    assert sup.watches["canary"].state == "recovering"
+    await sup.watches["canary"].task  # ends at the deadline, not never
+    w = sup.watches["canary"]
+    assert w.state == "down" and "deadline of 0.3 s" in w.reason and "[4242]" in w.reason, w.reason
+    assert killed == ["canary"] and hung.stops == 1 and not hung.ready
+    now[0] += 1.0  # the backoff: the next restart comes up
+    await _tick(sup)
+    assert hung.ready and sup.watches["canary"].state == "up" and hung.restart_calls == 2

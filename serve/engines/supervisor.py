@@ -19,7 +19,12 @@ false for it. The supervisor only adds detection and recovery:
   bad config), is left to the start-up code and reported by /ready — restarting a misconfigured engine in a loop
   would only burn the CPU the healthy versions need.
 
-Events are structured logs: `engine_down`, `engine_restarting`, `engine_restart_failed`, `engine_recovered`.
+- A restart has the version's start deadline (`engine_start_timeout_s`, or the version's `start_timeout_s`): past
+  it the processes it spawned are killed and it is a failed attempt like any other (reason: the deadline), retried
+  after the backoff.
+
+Events are structured logs: `engine_down`, `engine_restarting`, `engine_restart_timeout`, `engine_restart_failed`,
+`engine_recovered`.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from serve.engines.engine import Engine
+from serve.engines.engine_start import EngineStartTimeout
 from serve.logs import get_logger
 
 log = get_logger(__name__)
@@ -57,8 +64,13 @@ class Watch:
 
 class Supervisor:
     def __init__(self, gw, interval_s: float = 1.0, backoff_s: float = 1.0, backoff_max_s: float = 60.0,
-                 backoff_reset_s: float = 120.0, clock=time.monotonic):
+                 backoff_reset_s: float = 120.0, clock=time.monotonic,
+                 deadline_s: Callable[[str], float | None] = lambda name: None,
+                 kill: Callable[[str], list[int]] = lambda name: []):
+        """`deadline_s(version)`: how long one restart of an in-process engine may take (the version's start
+        deadline, serve/engines/engine_start.py); `kill(version) -> pids`: ends the processes a restart spawned."""
         self.gw = gw
+        self.deadline_s, self.kill = deadline_s, kill
         self.interval_s, self.backoff_s, self.backoff_max_s = interval_s, backoff_s, backoff_max_s
         self.backoff_reset_s = backoff_reset_s
         self.clock = clock
@@ -150,7 +162,7 @@ class Supervisor:
                 self.restarts_total.labels(name).inc()
                 log.warning("engine_restarting", version=name, attempt=w.attempts, reason=w.reason)
                 t0 = self.clock()
-                await engine.restart()
+                await self._restart(name, engine, w)
                 ok = engine.ready
                 if ok:
                     log.warning("engine_recovered", version=name, how="restart", attempts=w.attempts,
@@ -175,6 +187,21 @@ class Supervisor:
         cap = self.backoff_max_s if engine.restartable else min(self.backoff_max_s, 5.0)
         w.backoff = min(w.backoff * 2, cap)
         self._set(name, w, "down")
+
+    async def _restart(self, name: str, engine: Engine, w: Watch) -> None:
+        """One restart under the same deadline as a first start: past it, the processes the restart spawned are
+        killed, what it built is stopped, and the restart counts as failed (retried after the backoff). Each
+        version's recovery is its own task, so a hung restart never holds up another version or the admin API."""
+        deadline = self.deadline_s(name)
+        try:
+            await asyncio.wait_for(engine.restart(), deadline)
+        except asyncio.TimeoutError:
+            killed = self.kill(name)
+            with contextlib.suppress(Exception):
+                await engine.stop()
+            log.error("engine_restart_timeout", version=name, attempt=w.attempts, deadline_s=deadline, killed=killed)
+            raise EngineStartTimeout(f"engine restart passed its deadline of {deadline:g} s (attempt {w.attempts}); "
+                                     f"its processes {killed} were killed") from None
 
     def _set(self, name: str, w: Watch, state: State) -> None:
         w.state, w.since = state, self.clock()
