@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=Path, help="prompts JSONL to fit the value head on (a pairs file works too); "
                    "default: the default task's")
     p.add_argument("--value-n", type=int, help="sampled responses for the value-head fit (default 512)")
+    p.add_argument("--data", type=Path, action="append", default=[],
+                   help="a data file the policy was trained on (repeatable): hashed into the manifest's data_hash")
 
     p = sub.add_parser("pipeline", help="end to end: the default task, or --base DIR --pairs FILE (a team's own)")
     _common(p, "runs/pipeline")
@@ -451,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                              gate=C.read_json(args.gate) if args.gate else None,
                              metrics=C.read_json(args.metrics) if args.metrics else None,
                              config={"cli": vars(args)}, value_reward_fn=fn, seed=args.seed,
+                             data_files=args.data, stage=X.policy_stage(args.policy),
                              audit_rm=args.rm or (args.reward if args.reward and Path(args.reward).is_dir() else None),
                              value_prompts=_rollout_prompts(args), value_n=args.value_n)
         res = {"version_dir": str(d)}

@@ -92,6 +92,24 @@ def export_version(policy_dir: str | Path, versions_dir: str | Path, version: st
     return dst
 
 
+def policy_stage(policy_dir: str | Path) -> str:
+    """The stage that made `policy_dir`, for the manifest: what its aligngate_base.json or metrics.json says
+    (sft, rm, dpo, ppo, distill), "base" for a checkpoint no stage wrote (a team's --base), else ""."""
+    import json
+
+    from training.base import BASE_INFO, is_template_dir
+
+    d = Path(policy_dir)
+    for f in (BASE_INFO, "metrics.json"):
+        try:
+            stage = json.loads((d / f).read_text()).get("stage")
+        except (OSError, ValueError):
+            continue
+        if stage:
+            return str(stage)
+    return "base" if is_template_dir(d) else ""
+
+
 def read_manifest(version_dir: str | Path) -> dict:
     return C.read_json(Path(version_dir) / MANIFEST)
 

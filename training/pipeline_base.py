@@ -77,15 +77,19 @@ def run(out: Path, cfg: BasePipelineConfig, user_prefs: list[dict], stage: Calla
         stage(["gate", "--eval", str(out / "eval" / name / "eval.json"), "--out", str(out / "gate" / name)])
         verdicts[name] = json.loads((out / "gate" / name / "verdict.json").read_text())
     baseline = out / "gate" / "base.json"
-    C.write_json(baseline, {"verdict": "PASS", "reasons": [], "checks": {}, "baseline": True,
-                            "note": "incumbent baseline: nothing to compare against"})
+    # the incumbent is not gated (nothing to compare it against): a baseline with no verdict, never a PASS
+    C.write_json(baseline, {"verdict": "UNGATED", "reasons": [], "checks": {}, "baseline": True,
+                            "note": "incumbent baseline: not gated, nothing to compare against"})
     value_n = ["--value-n", "64" if cfg.fast else "256"]
+    # the manifests' data_hash: the pairs the versions were trained on (+ the SFT demonstrations)
+    data = ["--data", pairs] + (["--data", str(cfg.demos)] if cfg.demos else [])
     timed("export_base", ["export", "--policy", str(policy), "--version", "base", "--gate", str(baseline),
-                          "--rm", str(out / "rm"), "--prompts", pairs, "--out", str(out / "versions"), *value_n])
+                          "--rm", str(out / "rm"), "--prompts", pairs, "--out", str(out / "versions"), *value_n,
+                          *data])
     for name in ("dpo", "ppo"):
         timed(f"export_{name}", ["export", "--policy", str(out / name), "--version", name, "--parent", "base",
                                  "--gate", str(out / "gate" / name / "verdict.json"), "--rm", str(out / "rm"),
-                                 "--prompts", pairs, "--out", str(out / "versions"), *value_n])
+                                 "--prompts", pairs, "--out", str(out / "versions"), *value_n, *data])
     summary = {"out_dir": str(out), "base": str(cfg.base), "pairs": str(cfg.pairs), "n_train_pairs": len(train),
                "n_heldout_prompts": len(test), "timings": timings,
                "verdicts": {k: {"verdict": v["verdict"], "reasons": v["reasons"]} for k, v in verdicts.items()},

@@ -187,6 +187,7 @@ def run(out_dir: str | Path, policy_dir: str | Path, reward_fn, cfg: PPOConfig =
     model = PolicyWithValue(policy)
     allowed = codec.allowed(policy.config.get_text_config().vocab_size)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    params = B.trainable_params(model)  # before a LoRA adapter is merged on save
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.95))
     kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.init_kl_coef))
@@ -202,7 +203,15 @@ def run(out_dir: str | Path, policy_dir: str | Path, reward_fn, cfg: PPOConfig =
         if not ckpt.exists():
             raise SystemExit(f"--resume: no checkpoint at {ckpt} (run with --save-every N first)")
         st = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(st["trainable"], strict=False)
+        # strict: the checkpoint holds exactly this run's trainable weights (the frozen rest comes from the base)
+        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        missing, unexpected = sorted(names - set(st["trainable"])), sorted(set(st["trainable"]) - names)
+        if missing or unexpected:
+            raise SystemExit(f"--resume: {ckpt} was saved for other trainable weights ({len(missing)} missing, e.g. "
+                             f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}): resume with the "
+                             "same --base/--policy and --lora as the run that saved it, or start without --resume")
+        loaded = model.load_state_dict(st["trainable"], strict=False)
+        assert not loaded.unexpected_keys and set(loaded.missing_keys).isdisjoint(names), loaded
         opt.load_state_dict(st["opt"])
         kl_ctl.value, start, hist = st["kl_coef"], st["iteration"] + 1, st["hist"]
         rng.setstate(st["rng"])
@@ -294,7 +303,7 @@ def run(out_dir: str | Path, policy_dir: str | Path, reward_fn, cfg: PPOConfig =
     first = {k: float(np.mean(v[:5])) for k, v in hist.items()}
     last = {k: float(np.mean(v[-5:])) for k, v in hist.items()}
     metrics = {"stage": "ppo", "name": name, "config": cfg, "parent": str(policy_dir), "train_seconds": timer.seconds,
-               "lora": C.to_jsonable(lora), "first_5_iters": first, "last_5_iters": last,
+               "lora": C.to_jsonable(lora), **params, "first_5_iters": first, "last_5_iters": last,
                "final_kl_coef": kl_ctl.value, **ev}
     C.write_json(out / "metrics.json", metrics)
     C.write_json(out / "history.json", hist)
