@@ -197,3 +197,43 @@ def test_orphans_of_a_killed_gateway_are_ended_and_sigterm_then_sigkill_leaves_n
         t.join(30)
         for pid in _live(tree):
             os.kill(pid, signal.SIGKILL)
+
+
+def _spawned_engine_processes(gateway_pid: int) -> list[int]:
+    """The gateway's children spawned for an engine start (their environment names the version being started)."""
+    out = []
+    for c in psutil.Process(gateway_pid).children(recursive=True):
+        try:
+            if c.environ().get(engine_procs.VERSION_ENV):
+                out.append(c.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_gateway_killed_while_its_engine_starts_leaves_no_orphan(session_dir, cache_dir):
+    """Issue 30, item 11: SIGKILL the gateway 1 s after it spawned its engine core, long before the plugin runs in
+    that child (vLLM imports for seconds first), so the child's parent is already pid 1 when the watchdog would
+    start. The child must still end: it checks the gateway itself (pid and start time), not only its parent."""
+    own = session_dir / "procs-early-kill-cache"
+    proc, _ = start_aligngate("procs-early-kill", session_dir, wait="health",
+                              env=_one_version_env(cache_dir, own))
+    spawned: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (spawned := _spawned_engine_processes(proc.p.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert spawned, "the gateway spawned no engine process within 120 s"
+        time.sleep(1.0)
+        spawned = sorted(set(spawned) | set(_spawned_engine_processes(proc.p.pid)))
+        proc.p.send_signal(signal.SIGKILL)
+        proc.p.wait(30)
+        left = _wait_gone(spawned, 120)  # the child ends when its plugin first runs (after its vLLM imports)
+        print(f"\nSIGKILL 1 s after the engine spawn: {len(spawned)} engine processes, {len(left)} left")
+        assert left == [], [(p, " ".join(psutil.Process(p).cmdline())[:120]) for p in _live(left)]
+    finally:
+        proc.stop()
+        for pid in _live(spawned):
+            os.kill(pid, signal.SIGKILL)

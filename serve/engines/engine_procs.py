@@ -12,7 +12,9 @@ under pid 1 (~0.8 + 2 GB each), and SIGTERM did not end an orphaned core. Three 
    was re-parented. Not `PR_SET_PDEATHSIG` for the EngineCore: it fires when the *thread* that spawned the child
    ends, and the gateway builds engines in an asyncio pool thread. A Worker is spawned by the EngineCore's main
    thread, so it also gets `PR_SET_PDEATHSIG(SIGKILL)` (kernel-side: it works even if the worker's Python is stuck
-   holding the GIL).
+   holding the GIL). Both also watch the gateway itself (pid and /proc start time, from the environment), and a
+   process that finds the gateway already dead when the plugin first runs in it - a gateway killed while the
+   engine was still importing vLLM, when `getppid()` is already 1 - ends itself at once.
 2. A pid file per EngineCore in `<cache_dir>/engines/` (its pid and /proc start time, its gateway's pid and start
    time, the version). A gateway starting on the same cache dir reports every engine core left by a dead gateway
    (`stale_engine_core`) and ends it only when it is provably that process (same pid *and* start time), so a
@@ -43,6 +45,7 @@ from serve.logs import get_logger
 log = get_logger(__name__)
 
 GATEWAY_PID_ENV = "ALIGNGATE_GATEWAY_PID"
+GATEWAY_START_ENV = "ALIGNGATE_GATEWAY_START"  # the gateway's /proc start time: that pid is still that gateway
 PIDDIR_ENV = "ALIGNGATE_ENGINE_PIDDIR"
 VERSION_ENV = "ALIGNGATE_ENGINE_VERSION"  # set around each spawn: the version the new EngineCore serves
 WATCHDOG_ENV = "ALIGNGATE_ENGINE_WATCHDOG"  # "off": no watchdog (tests: make an orphan on purpose)
@@ -110,6 +113,13 @@ def child_setup() -> None:
     if _child_done or not gateway.isdigit() or int(gateway) == me:
         return
     _child_done = True
+    gateway_start = os.environ.get(GATEWAY_START_ENV, "")
+    gateway_id = (int(gateway), int(gateway_start) if gateway_start.isdigit() else None)
+    if not _gateway_alive(gateway_id):
+        # the gateway died before this process got here (a spawned child imports vLLM for seconds before the
+        # plugin runs): its parent may already be pid 1, so the parent check below cannot tell; nobody will use it
+        log.warning("engine_orphaned_at_start", pid=os.getpid(), gateway_pid=gateway_id[0])
+        os.kill(os.getpid(), signal.SIGKILL)
     parent = os.getppid()
     is_core = parent == int(gateway)
     if is_core:
@@ -119,7 +129,8 @@ def child_setup() -> None:
     else:
         _set_pdeathsig()
     if os.environ.get(WATCHDOG_ENV, "on") != "off":
-        threading.Thread(target=_watch, args=(parent, is_core), name="aligngate-parent-watchdog", daemon=True).start()
+        threading.Thread(target=_watch, args=(parent, is_core, gateway_id), name="aligngate-parent-watchdog",
+                         daemon=True).start()
     if is_core and os.environ.pop(HANG_ENV, None) == "1":  # test hook (FAULT_HANG_ENV): a start that never ends
         log.warning("engine_start_hang_injected", pid=me, version=os.environ.get(VERSION_ENV))
         while True:
@@ -129,14 +140,24 @@ def child_setup() -> None:
 _child_done = False
 
 
-def _watch(parent: int, leader: bool) -> None:
-    while os.getppid() == parent:
+def _watch(parent: int, leader: bool, gateway: tuple[int, int | None]) -> None:
+    while os.getppid() == parent and _gateway_alive(gateway):
         time.sleep(WATCH_INTERVAL_S)
-    # the parent is gone: nobody will ever use or stop this engine
+    # the parent (or the gateway above it) is gone: nobody will ever use or stop this engine
     if leader and os.getpgrp() == os.getpid():
         with contextlib.suppress(OSError):
             os.killpg(os.getpid(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _gateway_alive(gateway: tuple[int, int | None]) -> bool:
+    """The gateway is still running: that very process when its start time is known, else any process by its pid
+    (not a zombie)."""
+    pid, started = gateway
+    if started is not None:
+        return is_process(pid, started)
+    st = start_time(pid)
+    return st is not None and is_process(pid, st)
 
 
 def _set_pdeathsig() -> None:
@@ -195,6 +216,7 @@ def prepare(cache_dir: Path) -> list[Stale]:
     _piddir = Path(cache_dir) / "engines"
     _piddir.mkdir(parents=True, exist_ok=True)
     os.environ[GATEWAY_PID_ENV] = str(os.getpid())
+    os.environ[GATEWAY_START_ENV] = str(start_time(os.getpid()) or "")
     os.environ[PIDDIR_ENV] = str(_piddir)
     _hangs.update(_parse_hangs(os.environ.get(FAULT_HANG_ENV, "")))
     return reap_stale(_piddir)
@@ -263,6 +285,29 @@ def track_spawns() -> None:
 
     __init__._aligngate_tracked = True  # type: ignore[attr-defined]
     cls.__init__ = __init__
+    # The EngineCore's entry point becomes `engine_core_entry` (the spawned child imports it from this module),
+    # so the watchdog starts before vLLM's start-up handshake, which would wait forever for a dead gateway and
+    # comes before vLLM loads the plugins (where `child_setup` would run otherwise).
+    from vllm.v1.engine.core import EngineCoreProc
+
+    global _vllm_run_engine_core
+    _vllm_run_engine_core = EngineCoreProc.run_engine_core
+    EngineCoreProc.run_engine_core = staticmethod(engine_core_entry)
+
+
+_vllm_run_engine_core = None  # vLLM's own entry, where this process patched it (not in a spawned child)
+
+
+def engine_core_entry(*args, **kwargs):
+    """An EngineCore process spawned by the gateway: the watchdog first (a gateway killed while this process was
+    still importing is noticed here: the process ends), then vLLM's own entry point."""
+    child_setup()
+    run = _vllm_run_engine_core
+    if run is None:  # the spawned child: vLLM's class is unpatched here
+        from vllm.v1.engine.core import EngineCoreProc
+
+        run = EngineCoreProc.run_engine_core
+    return run(*args, **kwargs)
 
 
 def pids(version: str) -> list[int]:
