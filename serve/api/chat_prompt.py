@@ -14,6 +14,9 @@ another role's. `chat_prompt_ids`:
    boundaries included - and keeps them when no special token's characters fall inside a content;
 4. otherwise tokenizes the template's text between the contents with its special tokens and each content with
    `split_special_tokens=True`, so what a user typed stays text.
+
+A message's `name` is rendered by the template as template text (where the template has a place for it); a name
+that spells a special token is refused (400) before any of this.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ PAD_L = PAD_R = "\t"  # around each marker: one whitespace character a trimming 
 
 def chat_prompt_ids(tok, messages: list[dict], **template_kw) -> list[int]:
     """The chat template's token ids for `messages` with the generation prompt (see the module docstring)."""
+    _check_names(tok, messages)
     render = lambda msgs: tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False, **template_kw)  # noqa: E731
     text = render(messages)
     contents = [m.get("content") for m in messages]
@@ -64,6 +68,23 @@ def chat_prompt_ids(tok, messages: list[dict], **template_kw) -> list[int]:
         if p:
             ids += tok.encode(p, add_special_tokens=False, split_special_tokens=bool(j % 2))
     return ids
+
+
+def _check_names(tok, messages: list[dict]) -> None:
+    """A message's `name` is template text (the template renders it, e.g. `<|im_start|>user name=bob`, or leaves it
+    out), tokenized with the template's own special tokens: it may not spell one (it could close the turn)."""
+    from serve.engines.engine import EngineBadRequest
+
+    named = [(i, m["name"]) for i, m in enumerate(messages) if m.get("name")]
+    if not named:
+        return
+    added = getattr(tok, "added_tokens_decoder", {}).values()
+    specials = {s for s in getattr(tok, "all_special_tokens", []) if s} | {t.content for t in added if t.special}
+    for i, name in named:
+        for s in specials:
+            if s in name:
+                raise EngineBadRequest(f"messages[{i}].name contains the special token {s!r}; remove it",
+                                       param=f"messages.{i}.name", code="invalid_value")
 
 
 def _special_ids(tok) -> set[int]:

@@ -203,13 +203,13 @@ def _generation_request(body: ChatCompletionRequest | CompletionRequest) -> Gene
         return GenerationRequest(
             kind="chat", messages=tools.wire_messages(body.messages), max_tokens=body.effective_max_tokens(),
             logprobs=logprobs, stream=body.stream,
-            logit_bias={int(k): v for k, v in body.logit_bias.items()} if body.logit_bias else None,
+            logit_bias=body.logit_bias_ids(),
             response_format=body.response_format.wire() if body.response_format else None,
             tools=[t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None,
             tool_choice=choice.model_dump() if isinstance(choice, tools.NamedToolChoice) else choice,
             parallel_tool_calls=body.parallel_tool_calls, **common)
     return GenerationRequest(kind="completion", prompt=body.prompt, max_tokens=body.max_tokens,
-                             logprobs=body.logprobs, echo=body.echo, **common)
+                             logprobs=body.logprobs, echo=body.echo, logit_bias=body.logit_bias_ids(), **common)
 
 
 @dataclass(eq=False)

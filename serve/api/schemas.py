@@ -37,7 +37,10 @@ class ChatMessage(BaseModel):
 
     role: Role
     content: str | list[TextPart] | None = None
-    name: str | None = None
+    # OpenAI's own rule for a participant's name (no blanks, no `<|\\/>`): it is template text, rendered by the
+    # chat template where the template has a place for it (serve/api/chat_prompt.py refuses special tokens in it)
+    name: str | None = Field(None, pattern=r"^[^\s<|\\/>]+$",
+                             description="the participant's name: no whitespace and none of < | \\ / >")
     tool_calls: list[ToolCall] | None = Field(None, description="assistant: the calls it made (sent back)")
     tool_call_id: str | None = Field(None, description="role tool: the id of the call this message answers")
 
@@ -112,16 +115,12 @@ class _Common(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else self.stop
 
 
-class ChatCompletionRequest(ChatUnhonoured, _Common):
-    messages: list[ChatMessage] = Field(min_length=1, description="at least one message")
-    max_completion_tokens: Annotated[Int, Field(ge=1)] | None = None
-    logprobs: bool = False
-    top_logprobs: Annotated[Int, Field(ge=0, le=20)] | None = None
-    # structured outputs and tools (serve/api/structured.py, serve/api/tools.py); cross-field rules in tools.check_request
-    response_format: ResponseFormat | None = None
-    tools: list[ToolDef] | None = Field(None, max_length=128)
-    tool_choice: ToolChoice | None = None
-    parallel_tool_calls: bool | None = None
+class _LogitBias(BaseModel):
+    """`logit_bias`, on chat and legacy completions alike (the engine keeps the value head's reserved slots banned
+    whatever is sent, and refuses a bias that would lift a token a constrained request bans)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(
         None, description="token id (a decimal string) -> bias in [-100, 100], added to the logit before sampling",
         json_schema_extra={"propertyNames": {"pattern": "^[0-9]{1,9}$"}})
@@ -134,11 +133,26 @@ class ChatCompletionRequest(ChatUnhonoured, _Common):
                 raise ValueError(f"key {k!r} is not a token id; keys are token ids as decimal strings, e.g. \"50256\"")
         return v
 
+    def logit_bias_ids(self) -> dict[int, float] | None:
+        return {int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None
+
+
+class ChatCompletionRequest(ChatUnhonoured, _LogitBias, _Common):
+    messages: list[ChatMessage] = Field(min_length=1, description="at least one message")
+    max_completion_tokens: Annotated[Int, Field(ge=1)] | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[Int, Field(ge=0, le=20)] | None = None
+    # structured outputs and tools (serve/api/structured.py, serve/api/tools.py); cross-field rules in tools.check_request
+    response_format: ResponseFormat | None = None
+    tools: list[ToolDef] | None = Field(None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
     def effective_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-class CompletionRequest(CompletionUnhonoured, _Common):
+class CompletionRequest(CompletionUnhonoured, _LogitBias, _Common):
     prompt: str | list[str] = Field(description="a string (a one-element list is accepted)", json_schema_extra={
         "anyOf": [{"type": "string", "minLength": 1},  # documented exactly; `_one_prompt` gives the messages
                   {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 1}]})

@@ -116,7 +116,7 @@ def check_request(body) -> None:
 
 
 def wire_messages(messages) -> list[dict]:
-    """The conversation in OpenAI wire form (content as text; tool calls and ids kept), as engines take it."""
+    """The conversation in OpenAI wire form (content as text; names, tool calls and ids kept), as engines take it."""
     out = []
     for m in messages:
         d: dict = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
@@ -126,7 +126,7 @@ def wire_messages(messages) -> list[dict]:
                 d["content"] = None
         if m.tool_call_id is not None:
             d["tool_call_id"] = m.tool_call_id
-        if m.name is not None and m.role == "tool":
+        if m.name is not None:  # any role: the chat template renders it where it has a place for it
             d["name"] = m.name
         out.append(d)
     return out
@@ -169,15 +169,16 @@ def fallback_messages(messages: list[dict], tools: list[dict] | None) -> list[di
     out: list[dict] = []
     for m in messages:
         role, content = m["role"], m.get("content") or ""
+        named = {"name": m["name"]} if m.get("name") is not None else {}  # the participant's name stays
         if role == "assistant" and m.get("tool_calls"):
             calls = "\n".join("<tool_call>" + _compact({"name": c["function"]["name"],
                                                          "arguments": _arguments(c["function"]["arguments"])})
                               + "</tool_call>" for c in m["tool_calls"])
-            out.append({"role": "assistant", "content": (content + "\n" if content else "") + calls})
+            out.append({"role": "assistant", "content": (content + "\n" if content else "") + calls, **named})
         elif role == "tool":
             out.append({"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"})
         else:
-            out.append({"role": role, "content": content})
+            out.append({"role": role, "content": content, **named})
     if tools:
         listing = FALLBACK_PREAMBLE.format(tools="\n".join(
             _compact({k: v for k, v in t["function"].items() if k in ("name", "description", "parameters")})
