@@ -49,10 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sft", help="supervised fine-tuning on demonstrations")
     _common(p, "runs/sft")
     p.add_argument("--demos", type=Path, help="JSONL {prompt, completion} or {messages}; default: the default task's")
-    p.add_argument("--size", default="tiny", help="tiny-Llama preset: micro, nano, tiny, small")
+    p.add_argument("--size", help="the default tiny policy's preset: micro, nano, tiny (default), small")
     p.add_argument("--steps", type=int)
     p.add_argument("--lr", type=float, help="default 2e-3 (tiny), 1e-4 (--base)")
-    p.add_argument("--max-length", type=int, default=1024, help="--base: tokens per chat (longer: truncated by trl)")
+    p.add_argument("--max-length", type=int, help="--base: tokens per chat (default 1024; longer: truncated by trl)")
     _base(p)
 
     p = sub.add_parser("rm", help="Bradley–Terry reward model, held-out accuracy vs the oracle, ONNX export")
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--biased", action="store_true", help="default data: train on the biased cohort's labels")
     p.add_argument("--reference", type=Path, help="policy whose samples define the 0-1 reward scale (mu_ref)")
     p.add_argument("--steps", type=int)
-    p.add_argument("--lr", type=float, help="--base only (default 5e-5)")
+    p.add_argument("--lr", type=float, help="default 1e-3 (tiny), 5e-5 (--base)")
     p.add_argument("--no-onnx", action="store_true")
     _base(p)
 
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="teacher -> smaller student (seq-level KD vs on-policy reverse KL)")
     _common(p, "runs/distill")
     p.add_argument("--teacher", type=Path, required=True)
-    p.add_argument("--student-size", default="micro")
+    p.add_argument("--student-size", help="the tiny student's preset (default micro; without --student-config)")
     p.add_argument("--student-config", help="a --base teacher: JSON object of config fields to shrink, inline or a "
                    "file, e.g. '{\"num_hidden_layers\": 1}' (same family and tokenizer)")
     p.add_argument("--prompts", type=Path, help="prompts the teacher answers (default: the default task's)")
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, help="with --base: rater labels for {pair_id, prompt, a, b} pairs")
     p.add_argument("--aggregate", default="ds", choices=["ds", "mv", "single", "all"])
     p.add_argument("--demos", type=Path, help="with --base: SFT first on these demonstrations")
-    p.add_argument("--lora", default="16,32", help="with --base: r,alpha[,target,...]; 'none' for full fine-tuning")
+    p.add_argument("--lora", help="with --base: r,alpha[,target,...] (default 16,32); 'none' for full fine-tuning")
     p.add_argument("--skip-invalid", action="store_true")
     return ap
 
@@ -255,7 +255,17 @@ def _check_base(path):
     return path
 
 
+def _refuse(args, dests: list[str], why: str) -> None:
+    """A flag this path would ignore stops the stage, naming it and what to do (nothing is dropped silently)."""
+    for d in dests:
+        if getattr(args, d, None) not in (None, False, 0, [], ""):
+            raise SystemExit(f"error: {args.stage} --{d.replace('_', '-')}: {why}")
+
+
 def _policy_arg(args) -> Path:
+    if args.base and args.policy:
+        raise SystemExit(f"error: {args.stage} --policy and --base are both given: pass one (--base for a team's "
+                         "checkpoint, --policy for a policy directory)")
     p = args.base or args.policy
     if p is None:
         raise SystemExit(f"error: {args.stage} needs --policy DIR or --base DIR")
@@ -299,28 +309,40 @@ def main(argv: list[str] | None = None) -> int:
         if args.base:
             from training import formats as F
 
+            _refuse(args, ["size"], "picks the default tiny policy's preset; --base trains the base's own "
+                    "architecture: drop --size")
             base = _check_base(args.base)
             steps = args.steps or (20 if fast else 200)
             bs = args.batch_size or 8
             rows = (_load(args.demos, "sft", args).rows if args.demos
                     else _default_demos(steps * bs, args.seed))
             cfg = S.BaseSFTConfig(steps=steps, batch_size=bs, lr=args.lr or 1e-4, seed=args.seed, lora=_lora(args),
-                                  max_length=args.max_length,
+                                  max_length=args.max_length or 1024,
                                   save_every=args.save_every, resume=args.resume)
             res = S.run_base(out, base, [F.to_conversational(r) for r in rows], cfg)
         else:
+            _refuse(args, ["lora", "resume", "save_every", "max_length"],
+                    "needs --base DIR (the default tiny policy trains in one short run: no adapter, checkpoints or "
+                    "token limit)")
             demos = _plain(_load(args.demos, "sft", args).rows) if args.demos else None
             if demos is not None and any("completion" not in d for d in demos):
                 raise SystemExit("error: the default tiny policy trains on prompt/completion rows; "
                                  "a {messages} file needs --base")
-            cfg = S.SFTConfig(size=args.size, steps=args.steps or (300 if fast else 500), lr=args.lr or 2e-3,
-                              seed=args.seed)
+            cfg = S.SFTConfig(size=args.size or "tiny", steps=args.steps or (300 if fast else 500),
+                              lr=args.lr or 2e-3, seed=args.seed,
+                              **({"batch_size": args.batch_size} if args.batch_size else {}))
             res = S.run(out, cfg, demos)
     elif args.stage == "rm":
         from training import data as D
         from training import reward_model as RM
         from training import task as T
 
+        if args.base:
+            _refuse(args, ["init"], "starts the default tiny RM's backbone; with --base DIR the base is the "
+                    "backbone: drop --init (or give that policy as --base)")
+        else:
+            _refuse(args, ["lora", "resume", "save_every"], "needs --base DIR (the default tiny RM trains in one "
+                    "short run: no adapter or checkpoints)")
         prefs = _prefs(args, out)
         if args.base:
             from training import formats as F
@@ -345,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
                              "oracle_b": T.oracle_score(p["prompt"], p["rejected"])} if T.is_task_prompt(p["prompt"]) else {})}
                         for i, p in enumerate(test_prefs)]
             cfg = RM.RMConfig(steps=args.steps or (120 if fast else 400), seed=args.seed,
-                              init_from=str(args.init) if args.init else None, onnx=not args.no_onnx)
+                              init_from=str(args.init) if args.init else None, onnx=not args.no_onnx,
+                              **({"batch_size": args.batch_size} if args.batch_size else {}),
+                              **({"lr": args.lr} if args.lr else {}))
             res = RM.run(out, prefs, test, cfg, name="rm_biased" if args.biased else "rm")
         if args.reference:
             from training.chat import codec_for, load_any_policy
@@ -395,7 +419,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.stage == "distill":
         from training import distill as DI
 
+        _refuse(args, ["base"], "distill takes its teacher as --teacher DIR (a --base checkpoint as teacher: "
+                "--teacher DIR --student-config JSON); drop --base")
         if args.student_config:
+            _refuse(args, ["student_size"], "picks the tiny student's preset; with --student-config the student "
+                    "is the teacher's config made smaller: drop --student-size")
             from training import task as T
 
             _check_base(args.teacher)
@@ -409,8 +437,13 @@ def main(argv: list[str] | None = None) -> int:
             summary = {k: v for k, v in res.items() if not isinstance(v, (list, dict))}
             print(json.dumps(C.to_jsonable(summary), indent=2, default=str)[:3000])
             return 0
-        cfg = DI.DistillConfig(student_size=args.student_size, seed=args.seed,
-                               **({"warmup_steps": 150, "steps": 60, "eval_prompts": 128} if fast else {}))
+        _refuse(args, ["lr", "prompts", "lora", "resume", "save_every", "skip_invalid"],
+                "applies to distillation across sizes (--student-config JSON, a --base teacher); the default tiny "
+                "distillation takes --steps, --batch-size and --student-size")
+        cfg = DI.DistillConfig(student_size=args.student_size or "micro", seed=args.seed,
+                               **({"warmup_steps": 150, "steps": 60, "eval_prompts": 128} if fast else {}),
+                               **({"steps": args.steps} if args.steps else {}),
+                               **({"batch_size": args.batch_size} if args.batch_size else {}))
         res = DI.run(out, args.teacher, cfg)
     elif args.stage == "eval":
         from training import evaluate as E
@@ -461,17 +494,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.base:
             from training import pipeline_base as PB
 
+            _refuse(args, ["stages"], "selects the default task's stages; pipeline --base runs [sft,] rm, dpo, ppo, "
+                    "eval, gate, export (run a stage alone with `aligngate train <stage> --base`): drop --stages")
             if not args.pairs:
                 raise SystemExit("error: pipeline --base needs --pairs FILE (preference pairs JSONL)")
             _check_base(args.base)
             res = PB.run(out, PB.BasePipelineConfig(
                 base=args.base, pairs=args.pairs, labels=args.labels, aggregate=args.aggregate, demos=args.demos,
-                lora=None if args.lora in ("", "none") else args.lora, fast=fast, seed=args.seed,
+                lora=None if args.lora in ("", "none") else (args.lora or "16,32"), fast=fast, seed=args.seed,
                 skip_invalid=args.skip_invalid), user_prefs=_user_prefs(args), stage=main)
             print(PB.headline(res))
             return 0
         from training import pipeline as PL
 
+        _refuse(args, ["pairs", "labels", "demos", "lora", "skip_invalid"],
+                "needs --base DIR (the default pipeline makes its own data and trains the tiny policies in full)")
         kw = {"stages": tuple(args.stages.split(","))} if args.stages else {}
         res = PL.run(out, PL.PipelineConfig.make(fast=fast, seed=args.seed, **kw))
         print(PL.headline(res))
