@@ -105,3 +105,18 @@ def control_char_token_ids(tok, whitespace: bool) -> list[int]:
         if any(ch in bad for ch in text):
             out.append(i)
     return out
+
+
+def under_bans(user: dict[int, float], bans: dict[int, float], why: str) -> dict[int, float]:
+    """The client's logit_bias with a constrained request's bans applied: a client bias on a banned token that is
+    no lower than the ban agrees with it; one above it (lifting a token the constraint bans) is a conflict, refused
+    (400 naming the ids) rather than overwritten without a word."""
+    from serve.engines.engine import EngineBadRequest
+
+    clash = sorted(t for t, v in user.items() if t in bans and v > bans[t])
+    if clash:
+        shown = ", ".join(map(str, clash[:20])) + (f" and {len(clash) - 20} more" if len(clash) > 20 else "")
+        raise EngineBadRequest(f"logit_bias raises token ids {shown}, which {why} bans (bias {bans[clash[0]]:g}: "
+                               "control characters JSON does not allow raw); remove them from logit_bias or give "
+                               f"them at most {bans[clash[0]]:g}", param="logit_bias", code="invalid_value")
+    return {**user, **bans}

@@ -32,7 +32,7 @@ from serve.engines.engine import (
 )
 from serve.api import tools
 from serve.logs import get_logger
-from serve.api.structured import control_char_token_ids
+from serve.api.structured import control_char_token_ids, under_bans
 from serve.api.tool_calls import ToolRequest, ToolSupport, tool_support
 from serve.vllm_ext.value_table import CHANNEL_ENV, ValueTable
 
@@ -295,8 +295,9 @@ class VLLMEngine(Engine):
         return self.values.acquire()
 
     def _logit_bias(self, req: GenerationRequest, value_kw: dict, constrained: bool, forced: bool) -> dict:
-        """The client's logit_bias, under the bans of a constrained (JSON) request, under the value slots' -100
-        (which always wins for the slot ids)."""
+        """The client's logit_bias, under the bans of a constrained (JSON) request (a client bias that would lift
+        a banned token is a 400: serve.api.structured.under_bans), under the value slots' -100 (which always wins
+        for the slot ids)."""
         user = req.logit_bias or {}
         bad = [t for t in user if not 0 <= t < self.vocab_size]
         if bad:
@@ -309,7 +310,8 @@ class VLLMEngine(Engine):
             bans = self._json_bans[forced]
         if not user and not bans:
             return value_kw
-        return {**value_kw, "logit_bias": {**user, **bans, **value_kw.get("logit_bias", {})}}
+        merged = under_bans(user, bans, "this constrained request (JSON response_format or tool call)")
+        return {**value_kw, "logit_bias": {**merged, **value_kw.get("logit_bias", {})}}
 
     def _sampling_params(self, req: GenerationRequest, prompt_len: int, row: int | None = None,
                          tool_req: ToolRequest | None = None):
