@@ -49,7 +49,7 @@ def test_stream_chat_with_usage(client):
     assert len(finishes) == 1
     usage = [c for c in chunks if c.usage is not None]
     assert len(usage) == 1 and usage[0].choices == [] and usage[0].usage.completion_tokens >= 1
-    # the reward rides in one extra chunk after the usage, just before [DONE]
+    # the reward rides in the usage chunk, the last before [DONE] (the SDK stream helper keeps both)
     assert chunks[-1].choices == [] and chunks[-1].model_extra["aligngate"]["reward"]["source"] == "value_head"
 
 

@@ -197,8 +197,12 @@ def test_family_template_tool_round_trip(qwen2_gateway):
     client = openai.OpenAI(base_url=qwen2_gateway + "/v1", api_key="unused", max_retries=0, timeout=120)
     messages = [{"role": "user", "content": "weather in Oslo?"}]
     with client.chat.completions.stream(model="qwen", messages=messages, tools=[WEATHER], tool_choice="required",
-                                        max_tokens=80, temperature=0) as s:
+                                        max_tokens=80, temperature=0, stream_options={"include_usage": True}) as s:
+        last = [e.chunk for e in s if e.type == "chunk"][-1]
         first = s.get_final_completion()
+    # the helper keeps usage (it is on the last chunk, with the reward: serve/api/openai_format.py ChatChunker.tail)
+    assert first.usage is not None and first.usage.completion_tokens >= 1
+    assert last.model_extra["aligngate"]["reward"] is not None
     call = first.choices[0].message.tool_calls[0]
     assert isinstance(call.function.parsed_arguments, Weather) and first.choices[0].finish_reason == "tool_calls"
     messages += [{"role": "assistant", "tool_calls": [{"id": call.id, "type": "function", "function": {
@@ -207,8 +211,6 @@ def test_family_template_tool_round_trip(qwen2_gateway):
     final = client.chat.completions.create(model="qwen", messages=messages, tools=[WEATHER], max_tokens=16,
                                            temperature=0, extra_body={"min_tokens": 2})
     assert final.choices[0].message.content or final.choices[0].message.tool_calls
-    # the call and its result are in the prompt (the SDK's stream helper keeps no usage: the reward chunk after
-    # the usage chunk has none, so the first turn's prompt is counted again without streaming)
-    alone = client.chat.completions.create(model="qwen", messages=messages[:1], tools=[WEATHER], max_tokens=1)
-    assert final.usage.prompt_tokens > alone.usage.prompt_tokens + len("sunny, 21 C") // 4
+    # the call and its result are in the prompt: longer than the first turn's by more than the tool result's text
+    assert final.usage.prompt_tokens > first.usage.prompt_tokens + len("sunny, 21 C") // 4
     assert final.model_extra["aligngate"]["version"] == "qwen"

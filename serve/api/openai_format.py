@@ -161,19 +161,23 @@ class ChatChunker:
         return b""  # the first content chunk carries the role
 
     def tail(self, prompt_tokens: int, completion_tokens: int, include_usage: bool, fields: dict) -> bytes:
-        """The end of the stream in one write: usage (when asked for), the gateway's fields, [DONE]."""
-        usage = self.usage_chunk(prompt_tokens, completion_tokens) if include_usage else b""
-        return usage + self.extra_chunk(fields) + DONE
+        """The end of the stream in one write: one last chunk with no choices carrying the gateway's fields (and
+        the usage, when asked for), then [DONE].
+
+        One chunk, not a usage chunk and then a reward chunk: OpenAI's usage chunk is the last before [DONE], and
+        the SDK's stream helper (`client.chat.completions.stream`) takes `usage` from the last chunk it reads
+        (each chunk overwrites its snapshot's usage), so a reward chunk after the usage chunk left
+        `get_final_completion().usage` None."""
+        if include_usage:
+            return sse({**self.head, "choices": [], "usage": usage(prompt_tokens, completion_tokens), **fields}) + DONE
+        return self.extra_chunk(fields) + DONE
 
     def error(self, message: str, type: str, code: str | None) -> bytes:
         """An error once headers are sent: an event in the error shape, then [DONE]."""
         return error_sse(message, type, code) + DONE
 
-    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> bytes:
-        return sse({**self.head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
-
     def extra_chunk(self, fields: dict) -> bytes:
-        """A chunk with no choices carrying gateway fields (the reward, just before [DONE])."""
+        """A chunk with no choices carrying gateway fields (the reward, just before [DONE], when no usage is asked for)."""
         return sse({**self.head, "choices": [], **fields})
 
 
