@@ -25,10 +25,11 @@ RUNS = {  # (stage, path) -> (module, function the CLI calls)
     ("rm", "tiny"): ("training.reward_model", "run"), ("rm", "base"): ("training.reward_model", "run_base"),
     ("distill", "tiny"): ("training.distill", "run"), ("distill", "base"): ("training.distill", "run_base"),
     ("dpo", "base"): ("training.dpo", "run"), ("ppo", "base"): ("training.ppo", "run"),
+    ("eval", "tiny"): ("training.evaluate", "run"),
     ("pipeline", "tiny"): ("training.pipeline", "run"), ("pipeline", "base"): ("training.pipeline_base", "run"),
 }
 
-# (stage, path, flag args): adding them changes what the run is given
+# (stage, path, flag args[, context args given to both runs]): adding the flag changes what the run is given
 HONOURED = [
     ("sft", "tiny", ["--batch-size", "7"]),
     ("sft", "base", ["--batch-size", "7"]), ("sft", "base", ["--lora", "4,8"]), ("sft", "base", ["--resume"]),
@@ -43,6 +44,9 @@ HONOURED = [
     ("distill", "base", ["--resume"]), ("distill", "base", ["--save-every", "2"]),
     ("distill", "base", ["--batch-size", "7"]),
     ("pipeline", "tiny", ["--stages", "sft,data,rm"]),
+    ("pipeline", "base", ["--aggregate", "mv"], ["--pairs", "{ab_pairs}", "--labels", "{labels}"]),
+    ("ppo", "base", ["--target-kl", "2"]), ("ppo", "base", ["--horizon", "50"]), ("ppo", "base", ["--fixed-kl"]),
+    ("eval", "tiny", ["--n-prompts", "7"]), ("eval", "tiny", ["--n-prompts", "7"], ["--fast"]),
     ("pipeline", "base", ["--lora", "4,8"]), ("pipeline", "base", ["--demos", "{demos}"]),
 ]
 
@@ -65,6 +69,10 @@ REFUSED = [
     ("pipeline", "tiny", ["--pairs", "{pairs}"], "--pairs"), ("pipeline", "tiny", ["--demos", "{demos}"], "--demos"),
     ("pipeline", "tiny", ["--labels", "{pairs}"], "--labels"), ("pipeline", "tiny", ["--lora", "4,8"], "--lora"),
     ("pipeline", "tiny", ["--skip-invalid"], "--skip-invalid"),
+    ("pipeline", "tiny", ["--aggregate", "mv"], "--aggregate"),
+    ("ppo", "base", ["--rm", "{dir}"], "--rm"),
+    ("ppo", "base", ["--fixed-kl", "--target-kl", "2"], "--target-kl"),
+    ("ppo", "base", ["--fixed-kl", "--horizon", "50"], "--horizon"),
 ]
 
 
@@ -83,6 +91,11 @@ def files(tmp_path_factory, family_checkpoint):
                                        for e in exs]),
         "prompts": jsonl("prompts.jsonl", [{"prompt": e.prompt} for e in exs]),
         "demos": jsonl("demos.jsonl", [{"prompt": e.prompt, "completion": e.answer} for e in exs]),
+        "ab_pairs": jsonl("ab_pairs.jsonl", [{"pair_id": str(i), "prompt": e.prompt, "a": e.answer, "b": e.answer + " !"}
+                                             for i, e in enumerate(exs)]),
+        # three raters who disagree on every third pair: majority vote and Dawid-Skene resolve them differently
+        "labels": jsonl("labels.jsonl", [{"pair_id": str(i), "rater_id": f"r{j}", "choice": "b" if (i + j) % 3 == 0 else "a"}
+                                         for i in range(len(exs)) for j in range(3)]),
     }
 
 
@@ -96,6 +109,7 @@ def _argv(stage: str, path: str, f: dict) -> list[str]:
         "dpo": ["dpo", *base, "--pairs", f["pairs"]],
         "ppo": ["ppo", *base, "--reward", "training.task:oracle_rewards"],
         "pipeline": ["pipeline", *base, *(["--pairs", f["pairs"]] if path == "base" else [])],
+        "eval": ["eval", "--candidate", f["base"], "--incumbent", f["base"]],
     }[stage]
 
 
@@ -123,13 +137,14 @@ def test_the_table_covers_the_issues_pairs():
              ("rm", "--batch-size"), ("distill", "--steps"), ("distill", "--lr"), ("distill", "--prompts"),
              ("distill", "--lora"), ("distill", "--resume"), ("rm", "--init"), ("dpo", "--policy"),
              ("ppo", "--policy"), ("pipeline", "--stages")}
-    walked = {(s, a[0]) for s, _, a in HONOURED} | {(s, a[0]) for s, _, a, _ in REFUSED}
+    walked = {(h[0], h[2][0]) for h in HONOURED} | {(s, a[0]) for s, _, a, _ in REFUSED}
     assert named <= walked
 
 
-@pytest.mark.parametrize("stage,path,flag", HONOURED, ids=lambda x: " ".join(x) if isinstance(x, list) else x)
-def test_flag_is_honoured(monkeypatch, files, stage, path, flag):
-    argv = _argv(stage, path, files)
+@pytest.mark.parametrize("stage,path,flag,context", [(*h, [])[:4] for h in HONOURED],
+                         ids=lambda x: " ".join(x) if isinstance(x, list) else x)
+def test_flag_is_honoured(monkeypatch, files, stage, path, flag, context):
+    argv = [*_argv(stage, path, files), *_fill(context, files)]
     without = _record(monkeypatch, stage, path, argv, files)
     with_flag = _record(monkeypatch, stage, path, [*argv, *_fill(flag, files)], files)
     assert with_flag != without, f"{stage} ({path}): {flag} changes nothing the run is given"

@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--iterations", type=int)
     p.add_argument("--kl-coef", type=float, default=0.05, help="initial β")
-    p.add_argument("--target-kl", type=float, default=1.0, help="nats per response")
-    p.add_argument("--horizon", type=int, default=500)
+    p.add_argument("--target-kl", type=float, help="nats per response (default 1.0; adaptive KL only)")
+    p.add_argument("--horizon", type=int, help="default 500 (adaptive KL only)")
     p.add_argument("--fixed-kl", action="store_true", help="no adaptation (the incident's setting)")
     p.add_argument("--lr", type=float, default=1e-4)
     _base(p)
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, help="KL reference (default: the incumbent)")
     p.add_argument("--rm", type=Path, help="reward model dir")
     p.add_argument("--test-pairs", type=Path, help="held-out pairs with oracle scores (RM accuracy)")
-    p.add_argument("--n-prompts", type=int, default=400)
+    p.add_argument("--n-prompts", type=int, help="default 400 (100 with --fast)")
     p.add_argument("--prompts", type=Path, help="evaluation prompts JSONL {prompt} (a pairs file works too); "
                    "default: the default task's held-out prompts")
     p.add_argument("--reward", help="judge: reward model dir or module:function (instead of --rm)")
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", type=Path, help="a pretrained HF checkpoint dir: rm, dpo, ppo, eval, gate, export from it")
     p.add_argument("--pairs", type=Path, help="with --base: preference pairs JSONL")
     p.add_argument("--labels", type=Path, help="with --base: rater labels for {pair_id, prompt, a, b} pairs")
-    p.add_argument("--aggregate", default="ds", choices=["ds", "mv", "single", "all"])
+    p.add_argument("--aggregate", choices=["ds", "mv", "single", "all"], help="with --base and --labels (default ds)")
     p.add_argument("--demos", type=Path, help="with --base: SFT first on these demonstrations")
     p.add_argument("--lora", help="with --base: r,alpha[,target,...] (default 16,32); 'none' for full fine-tuning")
     p.add_argument("--skip-invalid", action="store_true")
@@ -397,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
         from training import rewards as RW
 
         policy = _policy_arg(args)
+        if args.reward and args.rm:
+            raise SystemExit("error: ppo --rm and --reward are both given: pass one (--reward takes an RM dir too)")
+        if args.fixed_kl:
+            _refuse(args, ["target_kl", "horizon"], "steers the adaptive KL controller; --fixed-kl keeps β at "
+                    "--kl-coef: drop one of them")
         spec = args.reward or args.rm
         if spec is None:
             raise SystemExit("error: ppo needs --rm DIR or --reward DIR|module:function")
@@ -409,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         template = B.is_template_dir(policy) or args.base is not None
         prompts = _rollout_prompts(args)
         cfg = P.PPOConfig(iterations=args.iterations or ((4 if template else 25) if fast else 60),
-                          init_kl_coef=args.kl_coef, target_kl=args.target_kl, horizon=args.horizon,
+                          init_kl_coef=args.kl_coef, target_kl=args.target_kl or 1.0, horizon=args.horizon or 500,
                           adaptive_kl=not args.fixed_kl, lr=args.lr, seed=args.seed,
                           batch_size=args.batch_size or (16 if template else 64),
                           minibatch_size=min(args.batch_size or (16 if template else 64), 8 if template else 32),
@@ -449,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         from training import evaluate as E
 
         test = C.read_jsonl(args.test_pairs) if args.test_pairs else None
-        cfg = E.EvalConfig(n_prompts=100 if fast else args.n_prompts, seed=args.seed)
+        cfg = E.EvalConfig(n_prompts=args.n_prompts or (100 if fast else 400), seed=args.seed)
         from training.rewards import RewardSpecError
 
         try:
@@ -498,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
                     "eval, gate, export (run a stage alone with `aligngate train <stage> --base`): drop --stages")
             if not args.pairs:
                 raise SystemExit("error: pipeline --base needs --pairs FILE (preference pairs JSONL)")
+            args.aggregate = args.aggregate or "ds"
             _check_base(args.base)
             res = PB.run(out, PB.BasePipelineConfig(
                 base=args.base, pairs=args.pairs, labels=args.labels, aggregate=args.aggregate, demos=args.demos,
@@ -507,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from training import pipeline as PL
 
-        _refuse(args, ["pairs", "labels", "demos", "lora", "skip_invalid"],
+        _refuse(args, ["pairs", "labels", "aggregate", "demos", "lora", "skip_invalid"],
                 "needs --base DIR (the default pipeline makes its own data and trains the tiny policies in full)")
         kw = {"stages": tuple(args.stages.split(","))} if args.stages else {}
         res = PL.run(out, PL.PipelineConfig.make(fast=fast, seed=args.seed, **kw))
