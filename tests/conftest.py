@@ -26,6 +26,10 @@ def pytest_collection_modifyitems(config, items):
         module = item.module.__name__.rpartition(".")[2] if item.module else ""
         if module in SLOW_MODULES or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        # the fast pipeline (a whole offline lifecycle, session-scoped) is built in the setup of the first test
+        # that needs it, and pytest-timeout charges setup to that test: 600 s was too little on a loaded machine
+        if "fast_pipeline" in getattr(item, "fixturenames", ()) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(1800))
 
 
 @pytest.fixture(scope="session")
