@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
+from collections.abc import Awaitable
 from typing import Literal
 
 from serve.engines.engine import Engine
@@ -46,6 +47,21 @@ class StartStatus:
         return out
 
 
+async def within_deadline(engine: Engine, build: Awaitable[None], deadline_s: float | None, kill, what: str) -> None:
+    """Await `build` (a start or a restart of `engine`) for at most `deadline_s` (None: no deadline). Past it:
+    the processes it spawned are killed (`kill(name) -> pids`), whatever it built is stopped, and
+    EngineStartTimeout says so. The one deadline behind first starts and supervisor restarts."""
+    try:
+        await asyncio.wait_for(build, deadline_s)
+    except asyncio.TimeoutError:
+        killed = kill(engine.name)
+        with contextlib.suppress(Exception):
+            await engine.stop()  # whatever the cancelled build made (an engine still warming up)
+        log.error(f"engine_{what}_timeout", version=engine.name, deadline_s=deadline_s, killed=killed)
+        raise EngineStartTimeout(f"engine {what} passed its deadline of {deadline_s:g} s; its processes {killed} "
+                                 f"were killed") from None
+
+
 async def attempt(engine: Engine, status: StartStatus, deadline_s: float, kill) -> bool:
     """One start of `engine` within `deadline_s`. True when it is up or failed for good; False when it passed the
     deadline (the caller retries). `kill(name) -> pids` ends the processes the attempt spawned."""
@@ -57,16 +73,10 @@ async def attempt(engine: Engine, status: StartStatus, deadline_s: float, kill) 
     # upstream for as long as it takes (serve/engines/engine_remote.py), and has no processes here to end
     deadline = deadline_s if inner.restartable else None
     try:
-        await asyncio.wait_for(engine.start(), deadline)
-    except asyncio.TimeoutError:
-        killed = kill(engine.name)
-        with contextlib.suppress(Exception):
-            await engine.stop()  # whatever the cancelled start built (an engine still warming up)
-        err = EngineStartTimeout(f"engine start passed its deadline of {deadline_s:g} s (attempt {status.attempts});"
-                                 f" its processes {killed} were killed")
-        inner.start_error, status.state, status.reason = err, "failed", str(err)
-        log.error("engine_start_timeout", version=engine.name, attempt=status.attempts, deadline_s=deadline_s,
-                  killed=killed)
+        await within_deadline(engine, engine.start(), deadline, kill, "start")
+    except EngineStartTimeout as err:
+        inner.start_error, status.state = err, "failed"
+        status.reason = f"{err} (attempt {status.attempts})"
         return False
     except Exception as e:  # keep the others serving; /ready reports this one
         inner.start_error, status.state, status.reason = e, "failed", repr(e)

@@ -23,7 +23,7 @@ false for it. The supervisor only adds detection and recovery:
   it the processes it spawned are killed and it is a failed attempt like any other (reason: the deadline), retried
   after the backoff.
 
-Events are structured logs: `engine_down`, `engine_restarting`, `engine_restart_timeout`, `engine_restart_failed`,
+Events are structured logs: `engine_down`, `engine_restarting`, `engine_restart_timeout` (serve/engines/engine_start.py), `engine_restart_failed`,
 `engine_recovered`.
 """
 
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from serve.engines.engine import Engine
-from serve.engines.engine_start import EngineStartTimeout
+from serve.engines.engine_start import within_deadline
 from serve.logs import get_logger
 
 log = get_logger(__name__)
@@ -162,7 +162,9 @@ class Supervisor:
                 self.restarts_total.labels(name).inc()
                 log.warning("engine_restarting", version=name, attempt=w.attempts, reason=w.reason)
                 t0 = self.clock()
-                await self._restart(name, engine, w)
+                # the same deadline as a first start; each recovery is its own task, so a hung restart
+                # holds up no other version or the admin API
+                await within_deadline(engine, engine.restart(), self.deadline_s(name), self.kill, "restart")
                 ok = engine.ready
                 if ok:
                     log.warning("engine_recovered", version=name, how="restart", attempts=w.attempts,
@@ -187,21 +189,6 @@ class Supervisor:
         cap = self.backoff_max_s if engine.restartable else min(self.backoff_max_s, 5.0)
         w.backoff = min(w.backoff * 2, cap)
         self._set(name, w, "down")
-
-    async def _restart(self, name: str, engine: Engine, w: Watch) -> None:
-        """One restart under the same deadline as a first start: past it, the processes the restart spawned are
-        killed, what it built is stopped, and the restart counts as failed (retried after the backoff). Each
-        version's recovery is its own task, so a hung restart never holds up another version or the admin API."""
-        deadline = self.deadline_s(name)
-        try:
-            await asyncio.wait_for(engine.restart(), deadline)
-        except asyncio.TimeoutError:
-            killed = self.kill(name)
-            with contextlib.suppress(Exception):
-                await engine.stop()
-            log.error("engine_restart_timeout", version=name, attempt=w.attempts, deadline_s=deadline, killed=killed)
-            raise EngineStartTimeout(f"engine restart passed its deadline of {deadline:g} s (attempt {w.attempts}); "
-                                     f"its processes {killed} were killed") from None
 
     def _set(self, name: str, w: Watch, state: State) -> None:
         w.state, w.since = state, self.clock()
