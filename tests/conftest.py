@@ -50,6 +50,22 @@ def cache_dir(session_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def client(gateway):
+    """The official openai client on the default gateway (a module with its own gateway defines its own)."""
+    import openai
+
+    return openai.OpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer(cache_dir):
+    """The embedded default stable's tokenizer (`tokenizers`), for tests that name token ids."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(cache_dir / "models" / "default-stable" / "tokenizer.json"))
+
+
+@pytest.fixture(scope="session")
 def family_checkpoint(session_dir):
     """`family_checkpoint(family, **kw)`: a random-weight checkpoint of a real decoder family
     (`training.families.build_family_checkpoint`, TRL value head by default), built once per session and argument

@@ -6,7 +6,6 @@ Fast tests check the request path up to the prompt ids; the HTTP tests run on th
 from __future__ import annotations
 
 import httpx
-import openai
 import pytest
 
 from serve.api import completions, tools
@@ -88,30 +87,18 @@ def test_message_name_follows_openai_rule_at_the_edge():
 
 
 # --- over HTTP, on the default gateway ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def client(gateway):
-    return openai.OpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def tok(cache_dir):
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(cache_dir / "models" / "default-stable" / "tokenizer.json"))
-
-
-def test_completions_logit_bias_forces_bans_and_keeps_slots_banned(client, tok):
+def test_completions_logit_bias_forces_bans_and_keeps_slots_banned(client, default_tokenizer):
     kw = dict(model="stable", prompt="12+7=", max_tokens=6, temperature=0)
-    x = tok.token_to_id("x")
+    x = default_tokenizer.token_to_id("x")
     forced = client.completions.create(**kw, logit_bias={str(x): 100})
     assert forced.choices[0].text == "x" * 6
     plain = client.completions.create(**kw, extra_body={"min_tokens": 4})
     first = plain.choices[0].text[0]
-    (first_id,) = tok.encode(first, add_special_tokens=False).ids  # one character, one token (byte-level)
+    (first_id,) = default_tokenizer.encode(first, add_special_tokens=False).ids  # one character, one token (byte-level)
     banned = client.completions.create(**kw, logit_bias={str(first_id): -100}, extra_body={"min_tokens": 4})
     assert first not in banned.choices[0].text
     # the value head's reserved slots stay banned on completions too
-    slots = [tok.token_to_id("<|value_a|>"), tok.token_to_id("<|value_b|>")]
+    slots = [default_tokenizer.token_to_id("<|value_a|>"), default_tokenizer.token_to_id("<|value_b|>")]
     r = client.completions.create(**kw, logit_bias={str(i): 100 for i in slots}, extra_body={"return_values": True})
     assert not set(slots) & set(r.model_extra["aligngate"]["traces"][0]["token_ids"])
 

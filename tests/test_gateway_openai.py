@@ -12,11 +12,6 @@ import pytest
 from tests.promtext import metric
 
 
-@pytest.fixture(scope="module")
-def client(gateway):
-    return openai.OpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0, timeout=120)
-
-
 MSG = [{"role": "user", "content": "12+7="}]
 
 

@@ -11,19 +11,8 @@ import jsonschema
 import openai
 import pytest
 from pydantic import BaseModel, Field
-from tokenizers import Tokenizer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def client(gateway):
-    return openai.OpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def tok(cache_dir):
-    return Tokenizer.from_file(str(cache_dir / "models" / "default-stable" / "tokenizer.json"))
 
 
 MSG = [{"role": "user", "content": "12+7="}]
@@ -117,18 +106,18 @@ def test_tool_call_round_trip(client):
     assert final.model_extra["aligngate"]["reward"] is not None
 
 
-def test_logit_bias_forces_and_bans(client, tok):
-    x = tok.token_to_id("x")
+def test_logit_bias_forces_and_bans(client, default_tokenizer):
+    x = default_tokenizer.token_to_id("x")
     r = client.chat.completions.create(model="stable", messages=MSG, max_tokens=6, temperature=0,
                                        logit_bias={str(x): 100})
     assert r.choices[0].message.content == "x" * 6
     kw = dict(model="stable", messages=MSG, max_tokens=8, temperature=0, extra_body={"min_tokens": 4})
     first = client.chat.completions.create(**kw).choices[0].message.content[0]
-    (first_id,) = tok.encode(first, add_special_tokens=False).ids  # one character, one token (byte-level)
+    (first_id,) = default_tokenizer.encode(first, add_special_tokens=False).ids  # one character, one token (byte-level)
     banned = client.chat.completions.create(**kw, logit_bias={str(first_id): -100})
     assert first not in banned.choices[0].message.content
     # a bias on the value head's reserved slots never gets them sampled: their own -100 wins
-    slots = [tok.token_to_id("<|value_a|>"), tok.token_to_id("<|value_b|>")]
+    slots = [default_tokenizer.token_to_id("<|value_a|>"), default_tokenizer.token_to_id("<|value_b|>")]
     r = client.chat.completions.create(model="stable", messages=MSG, max_tokens=6, temperature=0,
                                        logit_bias={str(i): 100 for i in slots}, extra_body={"return_values": True})
     assert not set(slots) & set(r.model_extra["aligngate"]["traces"][0]["token_ids"])
@@ -166,11 +155,11 @@ def test_invalid_combinations_are_400_naming_the_param(gateway, extra, param):
     assert err["param"] == param and err["type"] == "invalid_request_error" and err["message"]
 
 
-def test_remote_structured_outputs_pass_upstream(remote_gateway, tok):
+def test_remote_structured_outputs_pass_upstream(remote_gateway, default_tokenizer):
     client = openai.OpenAI(base_url=remote_gateway + "/v1", api_key="unused", max_retries=0, timeout=120)
     # vLLM's server lets the grammar put blanks between JSON tokens (its default backend setting); banning the
     # whitespace tokens with logit_bias keeps this weak model from filling max_tokens with them
-    blanks = {str(tok.token_to_id(t)): -100 for t in ("Ġ", "Ċ", "ĉ", "č") if tok.token_to_id(t) is not None}
+    blanks = {str(default_tokenizer.token_to_id(t)): -100 for t in ("Ġ", "Ċ", "ĉ", "č") if default_tokenizer.token_to_id(t) is not None}
     r = client.chat.completions.parse(model="remote", messages=MSG, max_tokens=80, temperature=0,
                                       response_format=Answer, logit_bias=blanks)
     assert isinstance(r.choices[0].message.parsed, Answer)

@@ -10,11 +10,6 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def client(gateway):
-    return openai.OpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0, timeout=120)
-
-
 def test_create_non_stream(client):
     raw = client.responses.with_raw_response.create(model="aligngate", input="12+7=", max_output_tokens=8)
     r = raw.parse()

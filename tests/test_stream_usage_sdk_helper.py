@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 
-import openai
-import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 
@@ -57,13 +55,10 @@ def test_without_include_usage_the_reward_chunk_has_no_usage():
 
 
 # --- through the SDK helper, on the default gateway ----------------------------------------------------------
-def test_sdk_stream_helper_returns_usage_and_reward(gateway, cache_dir):
-    from tokenizers import Tokenizer
-
+def test_sdk_stream_helper_returns_usage_and_reward(client, default_tokenizer):
     from training.tokenizer import EOS
 
-    client = openai.OpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0, timeout=120)
-    eos = Tokenizer.from_file(str(cache_dir / "models" / "default-stable" / "tokenizer.json")).token_to_id(EOS)
+    eos = default_tokenizer.token_to_id(EOS)
     # exactly two tokens, then EOS: the barely trained default may end at once (an empty answer) or run to
     # max_tokens (the helper raises LengthFinishReasonError on `length`)
     kw = dict(model="stable", messages=[{"role": "user", "content": "12+7="}], max_tokens=8, temperature=0,
