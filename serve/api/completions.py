@@ -570,10 +570,7 @@ def _cross_check(call: Call, text: str, score: float, k: int) -> None:
     spec, audit = gw.specs.get(version), gw.quality.audit
     if k < 2 or audit is None or spec is None or random.random() >= spec.best_of_audit_fraction:
         return
-    try:
-        value01 = gw.quality.monitor._state(version).scale.to01(score)  # the monitor's own reward scale
-    except Exception:
-        value01 = min(1.0, max(0.0, score))
+    value01 = gw.quality.monitor.to01(version, score)  # the monitor's own reward scale
     fut = audit.submit(call.prompt_text, text, version, f"{call.rid}-bestof")
     if fut is None:  # the audit queue is full: this choice goes unaudited
         return
@@ -642,7 +639,8 @@ async def _guided(call: Call, req: GenerationRequest, body: ChatCompletionReques
     call.ttft = (min(firsts) if firsts else time.perf_counter()) - call.t0
     prompt_tokens = cands[0].step.prompt_tokens
     _check_prompt_tokens(gw, call.kind, prompt_tokens)
-    rewards = [await _score(call, engine, c) for c in cands]
+    # together: with reward_position eos each is one more engine step, and the engine batches them
+    rewards = list(await asyncio.gather(*(_score(call, engine, c) for c in cands)))
     scores = [r.score if r is not None else None for r in rewards]
     idx = best_of.choose(scores, [c.completion_tokens for c in cands], spec.best_of_rule, spec.best_of_length_ratio)
     chosen, reward = cands[idx], rewards[idx]

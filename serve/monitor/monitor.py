@@ -77,6 +77,10 @@ class RewardMonitor:
     def set_reward_scale(self, version: str, scale: RewardScale) -> None:
         self._state(version).scale = scale
 
+    def to01(self, version: str, reward: float) -> float:
+        """A reward of `version` on the 0-1 scale the monitor judges it on (its configured reward scale)."""
+        return self._state(version).scale.to01(float(reward))
+
     def set_baseline(self, version: str, mean: float, std: float, n: int) -> None:
         """A fixed baseline (0–1 reward mean/std over n answers), e.g. from the version's offline evaluation."""
         self._state(version).fixed_baseline = Baseline(mean, std, n)
